@@ -1,0 +1,39 @@
+/* lastcall public API.
+ *
+ * Programs never need this header: lastcall works on unmodified binaries through
+ * LD_PRELOAD. It exists for tests, tools and programs that want to look inside.
+ * Look the functions up with dlsym(RTLD_DEFAULT, ...) so the program still runs
+ * when lastcall is not preloaded.
+ */
+#ifndef LASTCALL_H
+#define LASTCALL_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LASTCALL_VERSION "0.1.0"
+
+/* Counters since the process started (a fork child starts from zero). */
+struct lastcall_stats {
+    unsigned long pq_opened;      /* PostgreSQL handles returned by a connect call */
+    unsigned long pq_failed;      /* ... of which the connect failed */
+    unsigned long pq_closed;      /* freed by the program (PQfinish) */
+    unsigned long pq_live;        /* tracked now, owned by this process */
+    unsigned long redis_opened;
+    unsigned long redis_failed;
+    unsigned long redis_closed;   /* freed by the program (redisFree and friends) */
+    unsigned long redis_live;
+    unsigned long drained;        /* handles closed by lastcall's drain */
+};
+
+/* Fills *out; returns 0, or -1 when size is smaller than the struct. */
+int lastcall_get_stats(struct lastcall_stats *out, unsigned long size);
+
+/* "0.1.0" */
+const char *lastcall_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

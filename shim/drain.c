@@ -1,0 +1,283 @@
+#define _GNU_SOURCE
+#include "drain.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "inflight.h"
+#include "log.h"
+#include "runtime.h"
+
+enum step { STEP_CUT, STEP_FLUSH, STEP_AWAIT_EOF, STEP_DONE };
+
+struct work {
+    struct lc_entry *e;
+    const struct lc_kind_ops *ops;
+    int fd;
+    int step;
+};
+
+static const struct lc_kind_ops *ops_for(const struct lc_entry *e)
+{
+    return e->kind == LC_KIND_PQ ? &lc_pq_ops : &lc_redis_ops;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+    nanosleep(&ts, NULL);
+}
+
+/* Busy: a thread is inside the library with it, or (async API) the server is
+ * still working on a query nobody waits for. */
+static int is_busy(struct work *w)
+{
+    if (inflight_is_busy(w->e->handle))
+        return 1;
+    if (w->ops->server_busy && w->fd >= 0)
+        return w->ops->server_busy(w->e, w->fd);
+    return 0;
+}
+
+static size_t count_busy(struct work *works, size_t n)
+{
+    size_t busy = 0;
+    for (size_t i = 0; i < n; i++)
+        if (works[i].step != STEP_DONE && is_busy(&works[i]))
+            busy++;
+    return busy;
+}
+
+/* ---- cancel helpers: PQcancel blocks, so it runs on detached threads that
+ * the drain never waits for past the deadline. ---- */
+
+struct cancel_job {
+    struct lc_entry **entries;
+    size_t count;
+    size_t next;   /* atomic */
+};
+
+static void *cancel_worker(void *arg)
+{
+    struct cancel_job *job = arg;
+    for (;;) {
+        size_t i = __atomic_fetch_add(&job->next, 1, __ATOMIC_ACQ_REL);
+        if (i >= job->count)
+            break;
+        lc_pq_ops.cancel(job->entries[i]);
+    }
+    /* The job is leaked on purpose: a worker stuck on a stalled server may
+     * still hold it when the process ends. */
+    return NULL;
+}
+
+static void start_cancels(struct lc_entry **entries, size_t count)
+{
+    if (count == 0)
+        return;
+    struct cancel_job *job = calloc(1, sizeof *job);
+    struct lc_entry **copy = calloc(count, sizeof *copy);
+    if (job == NULL || copy == NULL) {
+        free(job);
+        free(copy);
+        return;
+    }
+    memcpy(copy, entries, count * sizeof *copy);
+    job->entries = copy;
+    job->count = count;
+    size_t threads = count < 16 ? count : 16;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 128 * 1024);
+    size_t started = 0;
+    for (size_t t = 0; t < threads; t++) {
+        pthread_t tid;
+        if (pthread_create(&tid, &attr, cancel_worker, job) == 0)
+            started++;
+    }
+    pthread_attr_destroy(&attr);
+    if (started == 0)
+        cancel_worker(job); /* no thread to be had: cancel inline */
+}
+
+static void set_nonblocking(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0 && !(fl & O_NONBLOCK))
+        fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+
+/* Waits until every work item in STEP has moved on, or until_ms. Each round
+ * polls the sockets (POLLOUT for flushes, POLLIN for the peer's EOF). */
+static void run_step(struct work *works, size_t n, int step, int64_t until_ms)
+{
+    struct pollfd *fds = calloc(n ? n : 1, sizeof *fds);
+    size_t *idx = calloc(n ? n : 1, sizeof *idx);
+    if (fds == NULL || idx == NULL) {
+        free(fds);
+        free(idx);
+        return;
+    }
+    for (;;) {
+        size_t m = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (works[i].step != step)
+                continue;
+            fds[m].fd = works[i].fd;
+            fds[m].events = step == STEP_FLUSH ? POLLOUT : POLLIN;
+            fds[m].revents = 0;
+            idx[m++] = i;
+        }
+        int64_t left = until_ms - lc_now_ms();
+        if (m == 0 || left <= 0)
+            break;
+        int r = poll(fds, m, (int)(left > 50 ? 50 : left));
+        if (r < 0 && errno != EINTR)
+            break;
+        for (size_t k = 0; k < m; k++) {
+            if (fds[k].revents == 0)
+                continue;
+            struct work *w = &works[idx[k]];
+            if (step == STEP_FLUSH) {
+                int f = w->ops->flush(w->e, w->fd);
+                if (f == 0)
+                    w->step = STEP_AWAIT_EOF;
+                else if (f < 0)
+                    w->step = STEP_CUT;
+                if (w->step == STEP_AWAIT_EOF) {
+                    if (w->ops->terminate)
+                        w->ops->terminate(w->e, w->fd);
+                    shutdown(w->fd, SHUT_WR);
+                }
+            } else {
+                char buf[4096];
+                ssize_t got;
+                do
+                    got = recv(w->fd, buf, sizeof buf, MSG_DONTWAIT);
+                while (got > 0);
+                if (got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK &&
+                                 errno != EINTR))
+                    w->step = STEP_DONE;
+            }
+        }
+    }
+    free(fds);
+    free(idx);
+}
+
+void drain_run(int mode, int64_t start_ms, struct lc_drain_result *result)
+{
+    memset(result, 0, sizeof *result);
+    const int64_t deadline = start_ms + lc_cfg.deadline_ms;
+    int64_t grace_end = start_ms + lc_cfg.grace_ms;
+    if (grace_end > deadline)
+        grace_end = deadline;
+    /* The close phase needs a little time of its own (write, FIN, EOF). */
+    int64_t reserve = lc_cfg.deadline_ms / 5;
+    if (reserve > 1000)
+        reserve = 1000;
+    const int64_t close_start = deadline - reserve;
+    if (grace_end > close_start)
+        grace_end = close_start;
+
+    /* Phase gate: no new query, command or connection from here on. */
+    gate_close(mode, deadline + 100);
+
+    pid_t self = getpid();
+    size_t cap = registry_count_owned(self) + 16;
+    struct lc_entry **entries = calloc(cap, sizeof *entries);
+    struct work *works = calloc(cap, sizeof *works);
+    if (entries == NULL || works == NULL) {
+        free(entries);
+        free(works);
+        gate_finish();
+        return;
+    }
+    size_t n = registry_claim_for_drain(self, entries, cap);
+    for (size_t i = 0; i < n; i++) {
+        works[i].e = entries[i];
+        works[i].ops = ops_for(entries[i]);
+        works[i].fd = works[i].ops->socket_fd(entries[i]);
+        works[i].step = works[i].fd >= 0 ? STEP_FLUSH : STEP_DONE;
+    }
+    LC_INFO("drain: %zu connection%s, deadline %lld ms, grace %lld ms", n, n == 1 ? "" : "s",
+            (long long)lc_cfg.deadline_ms, (long long)lc_cfg.grace_ms);
+
+    /* Phase grace: in-flight queries and commands may finish. */
+    size_t busy;
+    while ((busy = count_busy(works, n)) > 0 && lc_now_ms() < grace_end)
+        sleep_ms(1);
+    LC_DEBUG("grace: %zu still busy after %lld ms", busy, (long long)(lc_now_ms() - start_ms));
+
+    /* Phase cancel: PostgreSQL gets a cancel request; Redis is cut. */
+    if (busy > 0) {
+        struct lc_entry **to_cancel = calloc(n, sizeof *to_cancel);
+        size_t nc = 0;
+        for (size_t i = 0; i < n; i++) {
+            struct work *w = &works[i];
+            if (w->step == STEP_DONE || !is_busy(w))
+                continue;
+            if (w->ops->cancel && to_cancel) {
+                to_cancel[nc++] = w->e;
+            } else {
+                shutdown(w->fd, SHUT_RDWR);
+                w->step = STEP_DONE;
+                result->cut++;
+            }
+        }
+        start_cancels(to_cancel, nc);
+        free(to_cancel);
+        result->cancelled = nc;
+        while (count_busy(works, n) > 0 && lc_now_ms() < close_start)
+            sleep_ms(1);
+    }
+
+    /* Phase close: whatever is still in use is cut; the rest gets its
+     * buffered output, the protocol's goodbye and a FIN, then we wait for the
+     * server's EOF so no unread reply turns our close into a reset. */
+    for (size_t i = 0; i < n; i++) {
+        struct work *w = &works[i];
+        if (w->step == STEP_DONE)
+            continue;
+        if (inflight_is_busy(w->e->handle)) {
+            shutdown(w->fd, SHUT_RDWR);
+            w->step = STEP_DONE;
+            result->cut++;
+            continue;
+        }
+        set_nonblocking(w->fd);
+        int f = w->ops->flush(w->e, w->fd);
+        if (f < 0) {
+            w->step = STEP_CUT;
+        } else if (f == 0) {
+            if (w->ops->terminate)
+                w->ops->terminate(w->e, w->fd);
+            shutdown(w->fd, SHUT_WR);
+            w->step = STEP_AWAIT_EOF;
+        }
+    }
+    run_step(works, n, STEP_FLUSH, deadline - reserve / 2);
+    run_step(works, n, STEP_AWAIT_EOF, deadline);
+
+    for (size_t i = 0; i < n; i++) {
+        struct work *w = &works[i];
+        if (w->fd >= 0)
+            shutdown(w->fd, SHUT_RDWR);
+        if (w->step == STEP_FLUSH || w->step == STEP_CUT)
+            result->cut++;
+        result->closed[w->e->kind]++;
+    }
+    registry_release_drained(entries, n);
+    result->elapsed_ms = lc_now_ms() - start_ms;
+    free(entries);
+    free(works);
+}

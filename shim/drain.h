@@ -1,0 +1,39 @@
+/* The drain: gate, grace, cancel, close. Runs only on the drain thread, never
+ * in signal context. See shim/DESIGN.md for the phases. */
+#ifndef LC_DRAIN_H
+#define LC_DRAIN_H
+
+#include <stdint.h>
+
+#include "registry.h"
+
+/* What each kind of connection does at each phase. */
+struct lc_kind_ops {
+    const char *name;                       /* "PostgreSQL", "Redis" */
+    int (*socket_fd)(struct lc_entry *e);   /* the socket now, or -1 */
+    /* A query runs on the server with no thread waiting for it (async API). */
+    int (*server_busy)(struct lc_entry *e, int fd);
+    /* Ask the server to stop the running query. May block: runs on a helper
+     * thread, bounded by the deadline. NULL: cut instead (shutdown). */
+    void (*cancel)(struct lc_entry *e);
+    /* Write what the program buffered: 0 done, 1 more to write, -1 give up. */
+    int (*flush)(struct lc_entry *e, int fd);
+    /* Say goodbye in the protocol (PostgreSQL Terminate). May be NULL. */
+    void (*terminate)(struct lc_entry *e, int fd);
+};
+
+extern const struct lc_kind_ops lc_pq_ops;
+extern const struct lc_kind_ops lc_redis_ops;
+
+struct lc_drain_result {
+    unsigned long closed[2];     /* per kind */
+    unsigned long cancelled;     /* PostgreSQL queries cancelled */
+    unsigned long cut;           /* connections shut down while in use */
+    int64_t elapsed_ms;
+};
+
+/* MODE is LC_GATE_EXIT or LC_GATE_SIGNAL; START_MS (monotonic) is when the
+ * signal arrived or exit() was called: the deadline counts from there. */
+void drain_run(int mode, int64_t start_ms, struct lc_drain_result *result);
+
+#endif

@@ -1,0 +1,33 @@
+/* Definitions shared by every file of the shim. */
+#ifndef LC_H
+#define LC_H
+
+#include <stdint.h>
+#include <time.h>
+
+#define LC_EXPORT __attribute__((visibility("default")))
+#define LC_LIKELY(x) __builtin_expect(!!(x), 1)
+#define LC_UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+enum lc_kind {
+    LC_KIND_PQ = 0,
+    LC_KIND_REDIS = 1,
+    LC_KIND_COUNT
+};
+
+/* Monotonic milliseconds; async-signal-safe (clock_gettime is). */
+static inline int64_t lc_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static inline int64_t lc_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+#endif

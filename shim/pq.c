@@ -1,0 +1,356 @@
+/* Interposition of libpq: connects, PQfinish, the query calls (for the gate
+ * and in-flight tracking), and how a PostgreSQL connection is closed. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <libpq-fe.h>
+
+#include "drain.h"
+#include "inflight.h"
+#include "lc.h"
+#include "log.h"
+#include "registry.h"
+#include "runtime.h"
+#include "symbols.h"
+
+#define PQ(name) REAL_IN(LC_LIB_PQ, name)
+#define PQ_HOOKED(name) HOOKED_REAL_IN(LC_LIB_PQ, name)
+
+/* ---- connect path ---- */
+
+static void pq_describe(PGconn *conn, char *out, size_t size)
+{
+    /* Only host, port and database: never the conninfo, which may hold a password. */
+    const char *host = PQ(PQhost) ? PQ(PQhost)(conn) : NULL;
+    const char *port = PQ(PQport) ? PQ(PQport)(conn) : NULL;
+    const char *db = PQ(PQdb) ? PQ(PQdb)(conn) : NULL;
+    snprintf(out, size, "%s:%s/%s", host && *host ? host : "localhost",
+             port && *port ? port : "5432", db && *db ? db : "?");
+}
+
+static PGcancel *pq_prepare_cancel(PGconn *conn)
+{
+    if (PQ(PQstatus) == NULL || PQ(PQstatus)(conn) != CONNECTION_OK || PQ(PQgetCancel) == NULL)
+        return NULL;
+    return PQ(PQgetCancel)(conn);
+}
+
+static void pq_free_cancel(void *cancel)
+{
+    if (cancel && PQ(PQfreeCancel))
+        PQ(PQfreeCancel)((PGcancel *)cancel);
+}
+
+static void pq_track(PGconn *conn)
+{
+    if (conn == NULL || PQ(PQstatus) == NULL)
+        return;
+    int failed = PQ(PQstatus)(conn) == CONNECTION_BAD;
+    int fd = PQ(PQsocket) ? PQ(PQsocket)(conn) : -1;
+    char target[LC_TARGET_MAX];
+    pq_describe(conn, target, sizeof target);
+    PGcancel *cancel = pq_prepare_cancel(conn);
+    if (registry_add(conn, LC_KIND_PQ, 0, failed, fd, target, cancel) == NULL) {
+        pq_free_cancel(cancel);
+        return;
+    }
+    int ssl = PQ(PQsslInUse) ? PQ(PQsslInUse)(conn) : 0;
+    LC_DEBUG("open PostgreSQL %p to %s%s%s", (void *)conn, target, failed ? " (failed)" : "",
+             ssl ? " (SSL)" : "");
+    runtime_on_connect(ssl);
+}
+
+/* PQreset and a finished PQconnectPoll: same PGconn, new backend, new key. */
+static void pq_refresh(PGconn *conn)
+{
+    if (conn == NULL || PQ(PQstatus) == NULL)
+        return;
+    int failed = PQ(PQstatus)(conn) == CONNECTION_BAD;
+    int fd = PQ(PQsocket) ? PQ(PQsocket)(conn) : -1;
+    void *old = NULL;
+    registry_update(conn, failed, fd, pq_prepare_cancel(conn), &old);
+    pq_free_cancel(old);
+    if (!failed && PQ(PQsslInUse))
+        runtime_on_connect(PQ(PQsslInUse)(conn));
+}
+
+/* While draining, a new connection fails as a bad conninfo would, without
+ * touching the network. The option name says why. */
+static PGconn *pq_refused(void)
+{
+    PGconn *(*real)(const char *) = PQ(PQconnectdb);
+    if (real == NULL)
+        return NULL;
+    lc_depth++;
+    PGconn *c = real("lastcall_process_is_shutting_down=1");
+    lc_depth--;
+    return c;
+}
+
+#define PQ_CONNECT_HOOK(name, params, args)                                                   \
+    LC_EXPORT PGconn *name params                                                              \
+    {                                                                                          \
+        PGconn *(*real) params = PQ_HOOKED(name);                                                     \
+        if (LC_UNLIKELY(real == NULL)) {                                                       \
+            errno = ENOSYS;                                                                    \
+            return NULL;                                                                       \
+        }                                                                                      \
+        if (lc_depth > 0 || !lc_active())                                                      \
+            return real args;                                                                  \
+        if (LC_UNLIKELY(__atomic_load_n(&lc_gate_closed, __ATOMIC_ACQUIRE)))                   \
+            return pq_refused();                                                               \
+        lc_depth++;                                                                            \
+        PGconn *conn = real args;                                                              \
+        lc_depth--;                                                                            \
+        pq_track(conn);                                                                        \
+        return conn;                                                                           \
+    }
+
+PQ_CONNECT_HOOK(PQconnectdb, (const char *conninfo), (conninfo))
+PQ_CONNECT_HOOK(PQconnectdbParams,
+                (const char *const *keywords, const char *const *values, int expand_dbname),
+                (keywords, values, expand_dbname))
+PQ_CONNECT_HOOK(PQsetdbLogin,
+                (const char *pghost, const char *pgport, const char *pgoptions,
+                 const char *pgtty, const char *dbName, const char *login, const char *pwd),
+                (pghost, pgport, pgoptions, pgtty, dbName, login, pwd))
+PQ_CONNECT_HOOK(PQconnectStart, (const char *conninfo), (conninfo))
+PQ_CONNECT_HOOK(PQconnectStartParams,
+                (const char *const *keywords, const char *const *values, int expand_dbname),
+                (keywords, values, expand_dbname))
+
+LC_EXPORT PostgresPollingStatusType PQconnectPoll(PGconn *conn)
+{
+    PostgresPollingStatusType (*real)(PGconn *) = PQ_HOOKED(PQconnectPoll);
+    if (LC_UNLIKELY(real == NULL))
+        return PGRES_POLLING_FAILED;
+    if (lc_depth > 0 || !lc_active())
+        return real(conn);
+    struct lc_slot *s;
+    int outer = inflight_enter(&s, conn);
+    PostgresPollingStatusType r = real(conn);
+    if (r == PGRES_POLLING_OK || r == PGRES_POLLING_FAILED)
+        pq_refresh(conn);
+    inflight_leave(s, outer);
+    return r;
+}
+
+LC_EXPORT void PQreset(PGconn *conn)
+{
+    void (*real)(PGconn *) = PQ_HOOKED(PQreset);
+    if (LC_UNLIKELY(real == NULL))
+        return;
+    if (lc_depth > 0 || !lc_active() || conn == NULL) {
+        real(conn);
+        return;
+    }
+    struct lc_slot *s;
+    int outer = inflight_enter(&s, conn);
+    lc_depth++;
+    real(conn);
+    lc_depth--;
+    pq_refresh(conn);
+    inflight_leave(s, outer);
+}
+
+#define PQ_RESET_HOOK(ret, name)                                                               \
+    LC_EXPORT ret name(PGconn *conn)                                                           \
+    {                                                                                          \
+        ret (*real)(PGconn *) = PQ_HOOKED(name);                                                      \
+        if (LC_UNLIKELY(real == NULL))                                                         \
+            return (ret)0;                                                                     \
+        if (lc_depth > 0 || !lc_active() || conn == NULL)                                      \
+            return real(conn);                                                                 \
+        struct lc_slot *s;                                                                     \
+        int outer = inflight_enter(&s, conn);                                                  \
+        lc_depth++;                                                                            \
+        ret r = real(conn);                                                                    \
+        lc_depth--;                                                                            \
+        pq_refresh(conn);                                                                      \
+        inflight_leave(s, outer);                                                              \
+        return r;                                                                              \
+    }
+
+PQ_RESET_HOOK(int, PQresetStart)
+PQ_RESET_HOOK(PostgresPollingStatusType, PQresetPoll)
+
+LC_EXPORT void PQfinish(PGconn *conn)
+{
+    void (*real)(PGconn *) = PQ_HOOKED(PQfinish);
+    if (LC_UNLIKELY(real == NULL))
+        return;
+    if (conn == NULL || lc_depth > 0) {
+        real(conn);
+        return;
+    }
+    lc_active();
+    struct lc_slot *s;
+    int outer = inflight_enter(&s, conn);
+    /* While the drain owns this connection we are not inside libpq: say so,
+     * or the drain would wait for us while we wait for it. */
+    if (outer)
+        __atomic_store_n(&s->handle, NULL, __ATOMIC_RELEASE);
+    int tracked = registry_begin_free(conn, lc_now_ms() + lc_cfg.deadline_ms + 100);
+    if (outer)
+        __atomic_store_n(&s->handle, conn, __ATOMIC_SEQ_CST);
+    lc_depth++;
+    real(conn); /* after a drain the socket is shut down: this returns at once */
+    lc_depth--;
+    if (tracked) {
+        pq_free_cancel(registry_end_free(conn));
+        LC_DEBUG("close PostgreSQL %p", (void *)conn);
+    }
+    inflight_leave(s, outer);
+}
+
+/* ---- query path: the gate and the per-thread in-flight slot ---- */
+
+#define PQ_QUERY_HOOK(ret, failval, name, params, args)                                        \
+    LC_EXPORT ret name params                                                                  \
+    {                                                                                          \
+        ret (*real) params = PQ_HOOKED(name);                                                         \
+        if (LC_UNLIKELY(real == NULL))                                                         \
+            return failval;                                                                    \
+        struct lc_slot *s;                                                                     \
+        int outer = inflight_enter(&s, conn);                                                  \
+        ret r = real args;                                                                     \
+        inflight_leave(s, outer);                                                              \
+        return r;                                                                              \
+    }
+
+PQ_QUERY_HOOK(PGresult *, NULL, PQexec, (PGconn *conn, const char *query), (conn, query))
+PQ_QUERY_HOOK(PGresult *, NULL, PQexecParams,
+              (PGconn *conn, const char *command, int nParams, const Oid *paramTypes,
+               const char *const *paramValues, const int *paramLengths, const int *paramFormats,
+               int resultFormat),
+              (conn, command, nParams, paramTypes, paramValues, paramLengths, paramFormats,
+               resultFormat))
+PQ_QUERY_HOOK(PGresult *, NULL, PQprepare,
+              (PGconn *conn, const char *stmtName, const char *query, int nParams,
+               const Oid *paramTypes),
+              (conn, stmtName, query, nParams, paramTypes))
+PQ_QUERY_HOOK(PGresult *, NULL, PQexecPrepared,
+              (PGconn *conn, const char *stmtName, int nParams, const char *const *paramValues,
+               const int *paramLengths, const int *paramFormats, int resultFormat),
+              (conn, stmtName, nParams, paramValues, paramLengths, paramFormats, resultFormat))
+PQ_QUERY_HOOK(PGresult *, NULL, PQdescribePrepared, (PGconn *conn, const char *stmt),
+              (conn, stmt))
+PQ_QUERY_HOOK(PGresult *, NULL, PQdescribePortal, (PGconn *conn, const char *portal),
+              (conn, portal))
+PQ_QUERY_HOOK(int, 0, PQsendQuery, (PGconn *conn, const char *query), (conn, query))
+PQ_QUERY_HOOK(int, 0, PQsendQueryParams,
+              (PGconn *conn, const char *command, int nParams, const Oid *paramTypes,
+               const char *const *paramValues, const int *paramLengths, const int *paramFormats,
+               int resultFormat),
+              (conn, command, nParams, paramTypes, paramValues, paramLengths, paramFormats,
+               resultFormat))
+PQ_QUERY_HOOK(int, 0, PQsendPrepare,
+              (PGconn *conn, const char *stmtName, const char *query, int nParams,
+               const Oid *paramTypes),
+              (conn, stmtName, query, nParams, paramTypes))
+PQ_QUERY_HOOK(int, 0, PQsendQueryPrepared,
+              (PGconn *conn, const char *stmtName, int nParams, const char *const *paramValues,
+               const int *paramLengths, const int *paramFormats, int resultFormat),
+              (conn, stmtName, nParams, paramValues, paramLengths, paramFormats, resultFormat))
+PQ_QUERY_HOOK(int, 0, PQsendDescribePrepared, (PGconn *conn, const char *stmt), (conn, stmt))
+PQ_QUERY_HOOK(int, 0, PQsendDescribePortal, (PGconn *conn, const char *portal),
+              (conn, portal))
+PQ_QUERY_HOOK(PGresult *, NULL, PQgetResult, (PGconn *conn), (conn))
+PQ_QUERY_HOOK(int, 0, PQconsumeInput, (PGconn *conn), (conn))
+PQ_QUERY_HOOK(int, 0, PQisBusy, (PGconn *conn), (conn))
+PQ_QUERY_HOOK(int, -1, PQflush, (PGconn *conn), (conn))
+PQ_QUERY_HOOK(int, -1, PQsetnonblocking, (PGconn *conn, int arg), (conn, arg))
+PQ_QUERY_HOOK(PGnotify *, NULL, PQnotifies, (PGconn *conn), (conn))
+PQ_QUERY_HOOK(int, -1, PQputCopyData, (PGconn *conn, const char *buffer, int nbytes),
+              (conn, buffer, nbytes))
+PQ_QUERY_HOOK(int, -1, PQputCopyEnd, (PGconn *conn, const char *errormsg), (conn, errormsg))
+PQ_QUERY_HOOK(int, -2, PQgetCopyData, (PGconn *conn, char **buffer, int async),
+              (conn, buffer, async))
+PQ_QUERY_HOOK(int, 0, PQpipelineSync, (PGconn *conn), (conn))
+
+/* ---- drain operations ---- */
+
+static int pq_socket_fd(struct lc_entry *e)
+{
+    if (e->failed || PQ(PQsocket) == NULL)
+        return -1;
+    return PQ(PQsocket)((PGconn *)e->handle);
+}
+
+static int pq_server_busy(struct lc_entry *e, int fd)
+{
+    PGconn *conn = e->handle;
+    if (fd < 0 || PQ(PQtransactionStatus) == NULL || PQ(PQisBusy) == NULL)
+        return 0;
+    if (PQ(PQtransactionStatus)(conn) != PQTRANS_ACTIVE)
+        return 0;
+    /* Sent but not answered yet. No thread is inside this connection (the
+     * caller checked), so asking libpq about its own buffer is safe. */
+    if (!PQ(PQisBusy)(conn))
+        return 0;
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    return poll(&p, 1, 0) == 0;
+}
+
+static void pq_cancel(struct lc_entry *e)
+{
+    PGcancel *cancel = e->cancel;
+    if (cancel == NULL || PQ(PQcancel) == NULL)
+        return;
+    char err[256] = "";
+    if (!PQ(PQcancel)(cancel, err, sizeof err))
+        LC_INFO("cancel request to %s failed: %s", e->target, err);
+}
+
+static int pq_flush(struct lc_entry *e, int fd)
+{
+    PGconn *conn = e->handle;
+    if (fd < 0 || PQ(PQstatus) == NULL || PQ(PQstatus)(conn) != CONNECTION_OK)
+        return -1;
+    /* Blocking-mode libpq flushes before every call returns; only a
+     * non-blocking connection can hold queued output here. Its PQflush never
+     * blocks. */
+    if (PQ(PQisnonblocking) && PQ(PQisnonblocking)(conn) && PQ(PQflush)) {
+        int r = PQ(PQflush)(conn);
+        return r == 0 ? 0 : (r > 0 ? 1 : -1);
+    }
+    return 0;
+}
+
+typedef int (*ssl_write_fn)(void *ssl, const void *buf, int num);
+
+static void pq_terminate(struct lc_entry *e, int fd)
+{
+    /* The Terminate message: 'X' and a 4-byte length of 4. The backend then
+     * exits quietly, rolling back any open transaction. */
+    static const char terminate_msg[5] = {'X', 0, 0, 0, 4};
+    PGconn *conn = e->handle;
+    if (PQ(PQsslInUse) && PQ(PQsslInUse)(conn)) {
+        static void *ssl_write_cache;
+        ssl_write_fn ssl_write =
+            (ssl_write_fn)sym_cached(&ssl_write_cache, LC_LIB_SSL, "SSL_write", NULL);
+        void *ssl = PQ(PQsslStruct) ? PQ(PQsslStruct)(conn, "OpenSSL") : NULL;
+        if (ssl_write && ssl) {
+            /* The socket is non-blocking by now (drain_run), so this cannot hang. */
+            ssl_write(ssl, terminate_msg, (int)sizeof terminate_msg);
+        }
+        return;
+    }
+    ssize_t w;
+    do
+        w = send(fd, terminate_msg, sizeof terminate_msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (w < 0 && errno == EINTR);
+}
+
+const struct lc_kind_ops lc_pq_ops = {
+    .name = "PostgreSQL",
+    .socket_fd = pq_socket_fd,
+    .server_busy = pq_server_busy,
+    .cancel = pq_cancel,
+    .flush = pq_flush,
+    .terminate = pq_terminate,
+};

@@ -1,0 +1,439 @@
+/* Interposition of hiredis (0.14 and 1.x): connects, frees, commands (for the
+ * gate and in-flight tracking), and how a Redis connection is closed. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+
+#include "drain.h"
+#include "inflight.h"
+#include "lc.h"
+#include "log.h"
+#include "registry.h"
+#include "runtime.h"
+#include "symbols.h"
+
+#define RD(name) REAL_IN(LC_LIB_HIREDIS, name)
+#define RD_HOOKED(name) HOOKED_REAL_IN(LC_LIB_HIREDIS, name)
+
+/* hiredis 1.x only; declared here because 0.14's headers lack them. */
+redisContext *redisConnectWithOptions(const void *options);
+redisAsyncContext *redisAsyncConnectWithOptions(const void *options);
+
+/* ---- redisContext fields, by version ----
+ * 0.14: int err; char errstr[128]; int fd; int flags; ...   -> fd at 132
+ * 1.x:  const void *funcs; int err; char errstr[128]; int fd; int flags; -> fd at 140
+ * The sync context is the first member of the async one, so the same offsets
+ * serve redisAsyncContext pointers. */
+static int redis_fd_offset(void)
+{
+    switch (sym_hiredis_layout()) {
+    case LC_HIREDIS_0:
+        return 132;
+    case LC_HIREDIS_1:
+        return 140;
+    default:
+        return -1;
+    }
+}
+
+static int redis_context_fd(const void *ctx)
+{
+    int off = redis_fd_offset();
+    if (ctx == NULL || off < 0)
+        return -1;
+    int fd;
+    memcpy(&fd, (const char *)ctx + off, sizeof fd);
+    return fd;
+}
+
+static int redis_context_err(const void *ctx)
+{
+    int err;
+    memcpy(&err, (const char *)ctx + (sym_hiredis_layout() == LC_HIREDIS_1 ? 8 : 0), sizeof err);
+    return err;
+}
+
+/* ---- connect path ---- */
+
+static void redis_track(void *ctx, int is_async, const char *target)
+{
+    if (ctx == NULL)
+        return;
+    int failed = redis_context_err(ctx) != 0;
+    int fd = redis_context_fd(ctx);
+    if (registry_add(ctx, LC_KIND_REDIS, is_async, failed, fd, target, NULL) == NULL)
+        return;
+    LC_DEBUG("open Redis%s %p to %s%s", is_async ? " (async)" : "", ctx, target,
+             failed ? " (failed)" : "");
+    runtime_on_connect(0);
+}
+
+static void target_tcp(char *out, size_t size, const char *ip, int port)
+{
+    snprintf(out, size, "%s:%d", ip ? ip : "?", port);
+}
+
+static void target_unix(char *out, size_t size, const char *path)
+{
+    snprintf(out, size, "%s", path ? path : "?");
+}
+
+/* redisOptions (1.x): int type; int options; two timeval pointers; then the
+ * endpoint union { struct { source_addr, ip, port } tcp; unix_socket; fd }. */
+static void target_options(char *out, size_t size, const void *options)
+{
+    if (options == NULL) {
+        snprintf(out, size, "?");
+        return;
+    }
+    const char *base = options;
+    int type;
+    memcpy(&type, base, sizeof type);
+    const char *ip = NULL, *path = NULL;
+    int port = 0, fd = -1;
+    switch (type) {
+    case 0:
+        memcpy(&ip, base + 32, sizeof ip);
+        memcpy(&port, base + 40, sizeof port);
+        target_tcp(out, size, ip, port);
+        break;
+    case 1:
+        memcpy(&path, base + 24, sizeof path);
+        target_unix(out, size, path);
+        break;
+    case 2:
+        memcpy(&fd, base + 24, sizeof fd);
+        snprintf(out, size, "fd:%d", fd);
+        break;
+    default:
+        snprintf(out, size, "?");
+    }
+}
+
+/* While draining, a new connection fails the way a missing server would. */
+static redisContext *redis_refused(void)
+{
+    redisContext *(*real)(const char *) = RD_HOOKED(redisConnectUnix);
+    if (real == NULL)
+        return NULL;
+    lc_depth++;
+    redisContext *c = real("/lastcall: process is shutting down");
+    lc_depth--;
+    return c;
+}
+
+static redisAsyncContext *redis_async_refused(void)
+{
+    redisAsyncContext *(*real)(const char *) = RD_HOOKED(redisAsyncConnectUnix);
+    if (real == NULL)
+        return NULL;
+    lc_depth++;
+    redisAsyncContext *c = real("/lastcall: process is shutting down");
+    lc_depth--;
+    return c;
+}
+
+#define REDIS_CONNECT_HOOK(...) REDIS_CONNECT_HOOK_(__VA_ARGS__)
+#define REDIS_CONNECT_HOOK_(type, is_async, refuse, name, params, args, describe)             \
+    LC_EXPORT type *name params                                                                \
+    {                                                                                          \
+        type *(*real) params = RD_HOOKED(name);                                                \
+        if (LC_UNLIKELY(real == NULL)) {                                                       \
+            errno = ENOSYS;                                                                    \
+            return NULL;                                                                       \
+        }                                                                                      \
+        if (lc_depth > 0 || !lc_active())                                                      \
+            return real args;                                                                  \
+        if (LC_UNLIKELY(__atomic_load_n(&lc_gate_closed, __ATOMIC_ACQUIRE)))                   \
+            return refuse();                                                                   \
+        lc_depth++;                                                                            \
+        type *ctx = real args;                                                                 \
+        lc_depth--;                                                                            \
+        char target[LC_TARGET_MAX];                                                            \
+        describe;                                                                              \
+        redis_track(ctx, is_async, target);                                                    \
+        return ctx;                                                                            \
+    }
+
+#define SYNC redisContext, 0, redis_refused
+#define ASYNC redisAsyncContext, 1, redis_async_refused
+#define TCP target_tcp(target, sizeof target, ip, port)
+#define UNIX target_unix(target, sizeof target, path)
+
+REDIS_CONNECT_HOOK(SYNC, redisConnect, (const char *ip, int port), (ip, port), TCP)
+REDIS_CONNECT_HOOK(SYNC, redisConnectWithTimeout,
+                   (const char *ip, int port, const struct timeval tv), (ip, port, tv), TCP)
+REDIS_CONNECT_HOOK(SYNC, redisConnectNonBlock, (const char *ip, int port), (ip, port), TCP)
+REDIS_CONNECT_HOOK(SYNC, redisConnectBindNonBlock,
+                   (const char *ip, int port, const char *source_addr),
+                   (ip, port, source_addr), TCP)
+REDIS_CONNECT_HOOK(SYNC, redisConnectBindNonBlockWithReuse,
+                   (const char *ip, int port, const char *source_addr),
+                   (ip, port, source_addr), TCP)
+REDIS_CONNECT_HOOK(SYNC, redisConnectUnix, (const char *path), (path), UNIX)
+REDIS_CONNECT_HOOK(SYNC, redisConnectUnixWithTimeout,
+                   (const char *path, const struct timeval tv), (path, tv), UNIX)
+REDIS_CONNECT_HOOK(SYNC, redisConnectUnixNonBlock, (const char *path), (path), UNIX)
+REDIS_CONNECT_HOOK(SYNC, redisConnectFd, (int fd), (fd),
+                   snprintf(target, sizeof target, "fd:%d", fd))
+REDIS_CONNECT_HOOK(SYNC, redisConnectWithOptions, (const void *options), (options),
+                   target_options(target, sizeof target, options))
+REDIS_CONNECT_HOOK(ASYNC, redisAsyncConnect, (const char *ip, int port), (ip, port), TCP)
+REDIS_CONNECT_HOOK(ASYNC, redisAsyncConnectBind,
+                   (const char *ip, int port, const char *source_addr),
+                   (ip, port, source_addr), TCP)
+REDIS_CONNECT_HOOK(ASYNC, redisAsyncConnectBindWithReuse,
+                   (const char *ip, int port, const char *source_addr),
+                   (ip, port, source_addr), TCP)
+REDIS_CONNECT_HOOK(ASYNC, redisAsyncConnectUnix, (const char *path), (path), UNIX)
+REDIS_CONNECT_HOOK(ASYNC, redisAsyncConnectWithOptions, (const void *options), (options),
+                   target_options(target, sizeof target, options))
+
+LC_EXPORT int redisReconnect(redisContext *c)
+{
+    int (*real)(redisContext *) = RD_HOOKED(redisReconnect);
+    if (LC_UNLIKELY(real == NULL))
+        return REDIS_ERR;
+    if (lc_depth > 0 || !lc_active() || c == NULL)
+        return real(c);
+    struct lc_slot *s;
+    int outer = inflight_enter(&s, c);
+    lc_depth++;
+    int r = real(c);
+    lc_depth--;
+    registry_update(c, redis_context_err(c) != 0, redis_context_fd(c), NULL, NULL);
+    inflight_leave(s, outer);
+    return r;
+}
+
+/* redisFree, redisFreeKeepFd, redisAsyncFree: hiredis calls redisFree from
+ * the other two with the same pointer (the sync context is the async one's
+ * first member), so the nesting guard makes each free count once. */
+/* The real frees, in one shape for redis_free_tracked. */
+static int free_sync(redisContext *c)
+{
+    void (*real)(redisContext *) = RD_HOOKED(redisFree);
+    if (real)
+        real(c);
+    return 0;
+}
+static int free_async(redisAsyncContext *ac)
+{
+    void (*real)(redisAsyncContext *) = RD_HOOKED(redisAsyncFree);
+    if (real)
+        real(ac);
+    return 0;
+}
+
+static int redis_free_tracked(void *ctx, int (*do_free)(void *))
+{
+    lc_active();
+    struct lc_slot *s;
+    int outer = inflight_enter(&s, ctx);
+    if (outer)
+        __atomic_store_n(&s->handle, NULL, __ATOMIC_RELEASE);
+    int tracked = registry_begin_free(ctx, lc_now_ms() + lc_cfg.deadline_ms + 100);
+    if (outer)
+        __atomic_store_n(&s->handle, ctx, __ATOMIC_SEQ_CST);
+    lc_depth++;
+    int r = do_free(ctx);
+    lc_depth--;
+    if (tracked) {
+        registry_end_free(ctx);
+        LC_DEBUG("close Redis %p", ctx);
+    }
+    inflight_leave(s, outer);
+    return r;
+}
+
+static int do_free_sync(void *ctx) { return free_sync(ctx); }
+static int do_free_async(void *ctx) { return free_async(ctx); }
+
+static int do_free_keepfd(void *ctx)
+{
+    int (*real)(redisContext *) = RD_HOOKED(redisFreeKeepFd);
+    return real ? real(ctx) : -1;
+}
+
+LC_EXPORT void redisFree(redisContext *c)
+{
+    if (c == NULL || lc_depth > 0) {
+        free_sync(c);
+        return;
+    }
+    redis_free_tracked(c, do_free_sync);
+}
+
+LC_EXPORT int redisFreeKeepFd(redisContext *c)
+{
+    if (c == NULL || lc_depth > 0)
+        return do_free_keepfd(c);
+    return redis_free_tracked(c, do_free_keepfd);
+}
+
+LC_EXPORT void redisAsyncFree(redisAsyncContext *ac)
+{
+    if (ac == NULL || lc_depth > 0) {
+        free_async(ac);
+        return;
+    }
+    redis_free_tracked(ac, do_free_async);
+}
+
+/* ---- command path ---- */
+
+#define REDIS_CALL_HOOK(ret, failval, name, ctx, params, args)                                 \
+    LC_EXPORT ret name params                                                                  \
+    {                                                                                          \
+        ret (*real) params = RD_HOOKED(name);                                                  \
+        if (LC_UNLIKELY(real == NULL))                                                         \
+            return failval;                                                                    \
+        struct lc_slot *s;                                                                     \
+        int outer = inflight_enter(&s, ctx);                                                   \
+        ret r = real args;                                                                     \
+        inflight_leave(s, outer);                                                              \
+        return r;                                                                              \
+    }
+
+#define REDIS_VOID_HOOK(name, ctx, params, args)                                               \
+    LC_EXPORT void name params                                                                 \
+    {                                                                                          \
+        void (*real) params = RD_HOOKED(name);                                                 \
+        if (LC_UNLIKELY(real == NULL))                                                         \
+            return;                                                                            \
+        struct lc_slot *s;                                                                     \
+        int outer = inflight_enter(&s, ctx);                                                   \
+        real args;                                                                             \
+        inflight_leave(s, outer);                                                              \
+    }
+
+REDIS_CALL_HOOK(void *, NULL, redisvCommand, c, (redisContext *c, const char *format, va_list ap),
+                (c, format, ap))
+REDIS_CALL_HOOK(void *, NULL, redisCommandArgv, c,
+                (redisContext *c, int argc, const char **argv, const size_t *argvlen),
+                (c, argc, argv, argvlen))
+REDIS_CALL_HOOK(int, REDIS_ERR, redisvAppendCommand, c,
+                (redisContext *c, const char *format, va_list ap), (c, format, ap))
+REDIS_CALL_HOOK(int, REDIS_ERR, redisAppendCommandArgv, c,
+                (redisContext *c, int argc, const char **argv, const size_t *argvlen),
+                (c, argc, argv, argvlen))
+REDIS_CALL_HOOK(int, REDIS_ERR, redisAppendFormattedCommand, c,
+                (redisContext *c, const char *cmd, size_t len), (c, cmd, len))
+REDIS_CALL_HOOK(int, REDIS_ERR, redisGetReply, c, (redisContext *c, void **reply), (c, reply))
+REDIS_CALL_HOOK(int, REDIS_ERR, redisBufferWrite, c, (redisContext *c, int *done), (c, done))
+REDIS_CALL_HOOK(int, REDIS_ERR, redisBufferRead, c, (redisContext *c), (c))
+REDIS_CALL_HOOK(int, REDIS_ERR, redisvAsyncCommand, ac,
+                (redisAsyncContext *ac, redisCallbackFn *fn, void *privdata, const char *format,
+                 va_list ap),
+                (ac, fn, privdata, format, ap))
+REDIS_CALL_HOOK(int, REDIS_ERR, redisAsyncCommandArgv, ac,
+                (redisAsyncContext *ac, redisCallbackFn *fn, void *privdata, int argc,
+                 const char **argv, const size_t *argvlen),
+                (ac, fn, privdata, argc, argv, argvlen))
+REDIS_CALL_HOOK(int, REDIS_ERR, redisAsyncFormattedCommand, ac,
+                (redisAsyncContext *ac, redisCallbackFn *fn, void *privdata, const char *cmd,
+                 size_t len),
+                (ac, fn, privdata, cmd, len))
+REDIS_VOID_HOOK(redisAsyncHandleRead, ac, (redisAsyncContext *ac), (ac))
+REDIS_VOID_HOOK(redisAsyncHandleWrite, ac, (redisAsyncContext *ac), (ac))
+REDIS_VOID_HOOK(redisAsyncDisconnect, ac, (redisAsyncContext *ac), (ac))
+
+/* The variadic entry points forward to their va_list twins in the real library. */
+LC_EXPORT void *redisCommand(redisContext *c, const char *format, ...)
+{
+    void *(*real)(redisContext *, const char *, va_list) = RD(redisvCommand);
+    if (LC_UNLIKELY(real == NULL))
+        return NULL;
+    struct lc_slot *s;
+    int outer = inflight_enter(&s, c);
+    va_list ap;
+    va_start(ap, format);
+    void *r = real(c, format, ap);
+    va_end(ap);
+    inflight_leave(s, outer);
+    return r;
+}
+
+LC_EXPORT int redisAppendCommand(redisContext *c, const char *format, ...)
+{
+    int (*real)(redisContext *, const char *, va_list) = RD(redisvAppendCommand);
+    if (LC_UNLIKELY(real == NULL))
+        return REDIS_ERR;
+    struct lc_slot *s;
+    int outer = inflight_enter(&s, c);
+    va_list ap;
+    va_start(ap, format);
+    int r = real(c, format, ap);
+    va_end(ap);
+    inflight_leave(s, outer);
+    return r;
+}
+
+LC_EXPORT int redisAsyncCommand(redisAsyncContext *ac, redisCallbackFn *fn, void *privdata,
+                                const char *format, ...)
+{
+    int (*real)(redisAsyncContext *, redisCallbackFn *, void *, const char *, va_list) =
+        RD(redisvAsyncCommand);
+    if (LC_UNLIKELY(real == NULL))
+        return REDIS_ERR;
+    struct lc_slot *s;
+    int outer = inflight_enter(&s, ac);
+    va_list ap;
+    va_start(ap, format);
+    int r = real(ac, fn, privdata, format, ap);
+    va_end(ap);
+    inflight_leave(s, outer);
+    return r;
+}
+
+/* ---- drain operations ---- */
+
+static int redis_socket_fd(struct lc_entry *e)
+{
+    int fd = redis_context_fd(e->handle);
+    struct stat st;
+    /* The offset is a guess about someone else's struct: trust it only if it
+     * names the socket we saw at connect time. */
+    if (fd < 0 || fd != e->fd || fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode))
+        return -1;
+    return fd;
+}
+
+static int redis_flush(struct lc_entry *e, int fd)
+{
+    (void)fd;
+    if (redis_context_err(e->handle) != 0)
+        return -1;
+    int (*buffer_write)(redisContext *, int *) = RD(redisBufferWrite);
+    if (buffer_write == NULL)
+        return -1;
+    /* redisBufferWrite treats EAGAIN as fatal on a blocking context: clear
+     * REDIS_BLOCK (flags sits right after fd) so a full socket means "later". */
+    int off = redis_fd_offset() + (int)sizeof(int);
+    int flags;
+    memcpy(&flags, (char *)e->handle + off, sizeof flags);
+    flags &= ~REDIS_BLOCK;
+    memcpy((char *)e->handle + off, &flags, sizeof flags);
+    int done = 0;
+    if (buffer_write(e->handle, &done) != REDIS_OK)
+        return -1;
+    return done ? 0 : 1;
+}
+
+const struct lc_kind_ops lc_redis_ops = {
+    .name = "Redis",
+    .socket_fd = redis_socket_fd,
+    .server_busy = NULL,
+    .cancel = NULL,
+    .flush = redis_flush,
+    .terminate = NULL,
+};

@@ -1,0 +1,228 @@
+#define _GNU_SOURCE
+#include "registry.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* uthash allocates through these; keep them plain. */
+#define uthash_fatal(msg) abort()
+#include <uthash.h>
+
+/* The public struct keeps uthash out of registry.h; the real entry appends
+ * the hash handle. */
+struct entry {
+    struct lc_entry pub;
+    UT_hash_handle hh;
+};
+
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t registry_cond = PTHREAD_COND_INITIALIZER;
+static struct entry *table;
+static struct lc_registry_counts counts;
+static unsigned long owned_live; /* read by signal handlers without the lock */
+
+static void count_live(const struct entry *e, int delta)
+{
+    if (e->pub.pid != getpid())
+        return;
+    counts.live[e->pub.kind] += (unsigned long)delta;
+    __atomic_add_fetch(&owned_live, (unsigned long)delta, __ATOMIC_RELEASE);
+}
+
+static void entry_remove_locked(struct entry *e)
+{
+    HASH_DEL(table, e);
+    count_live(e, -1);
+    free(e);
+}
+
+struct lc_entry *registry_add(void *handle, int kind, int is_async, int failed, int fd,
+                              const char *target, void *cancel)
+{
+    if (handle == NULL || kind < 0 || kind >= LC_KIND_COUNT)
+        return NULL;
+    struct entry *e = calloc(1, sizeof *e);
+    if (e == NULL)
+        return NULL;
+    e->pub.handle = handle;
+    e->pub.kind = kind;
+    e->pub.is_async = is_async;
+    e->pub.failed = failed;
+    e->pub.state = LC_ENTRY_OPEN;
+    e->pub.pid = getpid();
+    e->pub.fd = fd;
+    e->pub.cancel = cancel;
+    e->pub.thread = (unsigned long)gettid();
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    e->pub.opened_at_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    if (target) {
+        strncpy(e->pub.target, target, LC_TARGET_MAX - 1);
+        e->pub.target[LC_TARGET_MAX - 1] = '\0';
+    }
+
+    pthread_mutex_lock(&registry_lock);
+    struct entry *old = NULL;
+    HASH_FIND_PTR(table, &handle, old);
+    if (old)
+        entry_remove_locked(old); /* freed behind our back; the address came back */
+    HASH_ADD_PTR(table, pub.handle, e);
+    counts.opened[kind]++;
+    if (failed)
+        counts.failed[kind]++;
+    count_live(e, +1);
+    pthread_mutex_unlock(&registry_lock);
+    return &e->pub;
+}
+
+void registry_update(void *handle, int failed, int fd, void *cancel, void **old_cancel)
+{
+    if (old_cancel)
+        *old_cancel = NULL;
+    pthread_mutex_lock(&registry_lock);
+    struct entry *e = NULL;
+    HASH_FIND_PTR(table, &handle, e);
+    if (e && e->pub.state == LC_ENTRY_OPEN) {
+        e->pub.failed = failed;
+        e->pub.fd = fd;
+        if (cancel) {
+            if (old_cancel)
+                *old_cancel = e->pub.cancel;
+            e->pub.cancel = cancel;
+        }
+    } else if (old_cancel) {
+        *old_cancel = cancel; /* not ours to keep: give it back */
+    }
+    pthread_mutex_unlock(&registry_lock);
+}
+
+int registry_begin_free(void *handle, int64_t wait_until_ms)
+{
+    pthread_mutex_lock(&registry_lock);
+    struct entry *e = NULL;
+    HASH_FIND_PTR(table, &handle, e);
+    while (e && e->pub.state == LC_ENTRY_DRAINING) {
+        int64_t left = wait_until_ms - lc_now_ms();
+        if (left <= 0)
+            break;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += left / 1000;
+        ts.tv_nsec += (left % 1000) * 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&registry_cond, &registry_lock, &ts);
+        e = NULL;
+        HASH_FIND_PTR(table, &handle, e);
+    }
+    if (e)
+        e->pub.state = LC_ENTRY_CLOSING;
+    pthread_mutex_unlock(&registry_lock);
+    return e != NULL;
+}
+
+void *registry_end_free(void *handle)
+{
+    void *cancel = NULL;
+    pthread_mutex_lock(&registry_lock);
+    struct entry *e = NULL;
+    HASH_FIND_PTR(table, &handle, e);
+    if (e) {
+        cancel = e->pub.cancel;
+        counts.closed[e->pub.kind]++;
+        entry_remove_locked(e);
+    }
+    pthread_mutex_unlock(&registry_lock);
+    return cancel;
+}
+
+unsigned long registry_owned_live(void)
+{
+    return __atomic_load_n(&owned_live, __ATOMIC_ACQUIRE);
+}
+
+size_t registry_claim_for_drain(pid_t pid, struct lc_entry **out, size_t max)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&registry_lock);
+    struct entry *e, *tmp;
+    HASH_ITER(hh, table, e, tmp) {
+        if (n >= max)
+            break;
+        if (e->pub.pid != pid || e->pub.state != LC_ENTRY_OPEN)
+            continue;
+        e->pub.state = LC_ENTRY_DRAINING;
+        out[n++] = &e->pub;
+    }
+    pthread_mutex_unlock(&registry_lock);
+    return n;
+}
+
+void registry_release_drained(struct lc_entry **entries, size_t n)
+{
+    pthread_mutex_lock(&registry_lock);
+    for (size_t i = 0; i < n; i++) {
+        if (entries[i]->state == LC_ENTRY_DRAINING) {
+            entries[i]->state = LC_ENTRY_DRAINED;
+            counts.drained++;
+        }
+    }
+    pthread_cond_broadcast(&registry_cond);
+    pthread_mutex_unlock(&registry_lock);
+}
+
+size_t registry_count_owned(pid_t pid)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&registry_lock);
+    struct entry *e, *tmp;
+    HASH_ITER(hh, table, e, tmp) {
+        if (e->pub.pid == pid)
+            n++;
+    }
+    pthread_mutex_unlock(&registry_lock);
+    return n;
+}
+
+void registry_counts(struct lc_registry_counts *out)
+{
+    pthread_mutex_lock(&registry_lock);
+    *out = counts;
+    pthread_mutex_unlock(&registry_lock);
+}
+
+void registry_atfork_prepare(void)
+{
+    pthread_mutex_lock(&registry_lock);
+}
+
+void registry_atfork_parent(void)
+{
+    pthread_mutex_unlock(&registry_lock);
+}
+
+void registry_atfork_child(void)
+{
+    /* Every entry is the parent's: the child counts from zero. */
+    memset(&counts, 0, sizeof counts);
+    __atomic_store_n(&owned_live, 0, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&registry_lock);
+}
+
+void registry_reset_for_tests(void)
+{
+    pthread_mutex_lock(&registry_lock);
+    struct entry *e, *tmp;
+    HASH_ITER(hh, table, e, tmp) {
+        HASH_DEL(table, e);
+        free(e);
+    }
+    memset(&counts, 0, sizeof counts);
+    __atomic_store_n(&owned_live, 0, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&registry_lock);
+}

@@ -1,0 +1,81 @@
+/* The registry of live handles: one entry per PGconn / redisContext /
+ * redisAsyncContext the program holds. Hook-free, so unit tests link it alone.
+ * Locking: one mutex around the hash; see shim/DESIGN.md. */
+#ifndef LC_REGISTRY_H
+#define LC_REGISTRY_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "lc.h"
+
+enum lc_entry_state {
+    LC_ENTRY_OPEN = 0,    /* the program's */
+    LC_ENTRY_CLOSING,     /* the program is inside its free call: the drain keeps off */
+    LC_ENTRY_DRAINING,    /* the drain owns the connection until the drain ends */
+    LC_ENTRY_DRAINED,     /* closed by lastcall; the program may still free it */
+};
+
+#define LC_TARGET_MAX 160
+
+struct lc_entry {
+    void *handle;             /* key */
+    int kind;                 /* enum lc_kind */
+    int is_async;             /* redisAsyncContext */
+    int failed;               /* the connect failed; the program must still free it */
+    int state;                /* enum lc_entry_state */
+    pid_t pid;                /* owner: the process that opened it */
+    int fd;                   /* socket, as last seen on the connect/reset path */
+    int64_t opened_at_ms;     /* CLOCK_REALTIME */
+    unsigned long thread;     /* opener's thread id */
+    void *cancel;             /* PGcancel*, prepared on the connect path */
+    char target[LC_TARGET_MAX];
+};
+
+struct lc_registry_counts {
+    unsigned long opened[LC_KIND_COUNT];
+    unsigned long failed[LC_KIND_COUNT];
+    unsigned long closed[LC_KIND_COUNT];
+    unsigned long live[LC_KIND_COUNT];     /* owned by this process */
+    unsigned long drained;
+};
+
+/* Tracks HANDLE. A stale entry for the same address (freed behind our back) is
+ * replaced. Returns the entry, or NULL when out of memory (then untracked). */
+struct lc_entry *registry_add(void *handle, int kind, int is_async, int failed, int fd,
+                              const char *target, void *cancel);
+
+/* Connect-path updates (PQreset, redisReconnect, PQconnectPoll finishing).
+ * Returns the old cancel object for the caller to free, through *old_cancel. */
+void registry_update(void *handle, int failed, int fd, void *cancel, void **old_cancel);
+
+/* The program is about to free HANDLE. Waits (bounded by wait_until_ms,
+ * monotonic) while a drain owns it. Returns 1 if it is tracked. */
+int registry_begin_free(void *handle, int64_t wait_until_ms);
+/* The program freed HANDLE. Returns its cancel object for the caller to free. */
+void *registry_end_free(void *handle);
+
+/* Live entries owned by this process, without locking: for signal handlers. */
+unsigned long registry_owned_live(void);
+
+/* For the drain: marks every OPEN entry owned by PID as DRAINING and fills
+ * out[] (up to max). Entries stay valid until registry_release_drained(). */
+size_t registry_claim_for_drain(pid_t pid, struct lc_entry **out, size_t max);
+/* Marks claimed entries DRAINED and wakes free calls waiting on them. */
+void registry_release_drained(struct lc_entry **entries, size_t n);
+/* Number of entries owned by PID (any state). */
+size_t registry_count_owned(pid_t pid);
+
+void registry_counts(struct lc_registry_counts *out);
+
+/* fork handlers: the child keeps the entries (they belong to the parent) but
+ * owns none of them, and inherits an unlocked mutex. */
+void registry_atfork_prepare(void);
+void registry_atfork_parent(void);
+void registry_atfork_child(void);
+
+/* Frees everything; for unit tests only. */
+void registry_reset_for_tests(void);
+
+#endif

@@ -1,0 +1,284 @@
+#define _GNU_SOURCE
+#include "runtime.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../include/lastcall.h"
+#include "drain.h"
+#include "inflight.h"
+#include "lc.h"
+#include "log.h"
+#include "registry.h"
+#include "signals.h"
+
+struct lc_config lc_cfg;
+int lc_initialized;
+__thread int lc_depth __attribute__((tls_model("initial-exec")));
+
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+
+/* Per-process drain machinery; rebuilt lazily in a fork child. */
+static pthread_mutex_t runtime_lock = PTHREAD_MUTEX_INITIALIZER;
+static pid_t runtime_pid;          /* process that owns the thread below */
+static int wake_pipe[2] = {-1, -1};
+static int done_pipe[2] = {-1, -1};
+static int drain_thread_ok;
+static int ssl_atexit_registered;  /* pid-independent: atexit lists survive fork */
+static int drain_requested;        /* set by whoever asks for a drain */
+static pid_t exit_drained_pid;
+
+struct drain_request {
+    int sig;            /* 0: exit drain */
+    int64_t start_ms;
+};
+
+/* secure_getenv: a setuid program ignores the environment's settings. */
+static const char *env_lookup(const char *name)
+{
+    return secure_getenv(name);
+}
+
+static void config_from_env(void)
+{
+    config_load(&lc_cfg, env_lookup, lc_log_complaint);
+    lc_log_level = lc_cfg.log_level;
+}
+
+static void atfork_prepare(void)
+{
+    pthread_mutex_lock(&runtime_lock);
+    registry_atfork_prepare();
+}
+
+static void atfork_parent(void)
+{
+    registry_atfork_parent();
+    pthread_mutex_unlock(&runtime_lock);
+}
+
+static void atfork_child(void)
+{
+    registry_atfork_child();
+    inflight_atfork_child();
+    /* The parent's drain thread did not come along, and its pipes are the
+     * parent's: writing to them would drain the parent. */
+    for (int i = 0; i < 2; i++) {
+        if (wake_pipe[i] >= 0)
+            close(wake_pipe[i]);
+        if (done_pipe[i] >= 0)
+            close(done_pipe[i]);
+        wake_pipe[i] = done_pipe[i] = -1;
+    }
+    drain_thread_ok = 0;
+    runtime_pid = 0;
+    __atomic_store_n(&drain_requested, 0, __ATOMIC_RELEASE);
+    pthread_mutex_init(&runtime_lock, NULL);
+}
+
+static void do_init(void)
+{
+    config_from_env();
+    if (!lc_cfg.disabled) {
+        pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+        signals_install(&lc_cfg.signals);
+    }
+    __atomic_store_n(&lc_initialized, 1, __ATOMIC_RELEASE);
+}
+
+void runtime_init(void)
+{
+    pthread_once(&init_once, do_init);
+}
+
+__attribute__((constructor)) static void lastcall_constructor(void)
+{
+    runtime_init();
+}
+
+static void log_result(const char *why, const struct lc_drain_result *r)
+{
+    if (r->closed[LC_KIND_PQ] + r->closed[LC_KIND_REDIS] == 0)
+        return;
+    LC_INFO("%s: drained %lu PostgreSQL (%lu quer%s cancelled) and %lu Redis connections, "
+            "%lu cut, in %lld ms",
+            why, r->closed[LC_KIND_PQ], r->cancelled, r->cancelled == 1 ? "y" : "ies",
+            r->closed[LC_KIND_REDIS], r->cut, (long long)r->elapsed_ms);
+}
+
+static void *drain_thread_main(void *arg)
+{
+    (void)arg;
+    int fd = wake_pipe[0];
+    for (;;) {
+        struct drain_request req;
+        ssize_t got = read(fd, &req, sizeof req);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got != (ssize_t)sizeof req)
+            return NULL;
+        struct lc_drain_result result;
+        if (req.sig == 0) {
+            drain_run(LC_GATE_EXIT, req.start_ms, &result);
+            log_result("exit", &result);
+            gate_finish();
+            char c = 'd';
+            while (write(done_pipe[1], &c, 1) < 0 && errno == EINTR)
+                ;
+        } else {
+            drain_run(LC_GATE_SIGNAL, req.start_ms, &result);
+            const char *name = config_signal_name(req.sig);
+            LC_INFO("SIG%s: drained %lu PostgreSQL (%lu cancelled) and %lu Redis connections, "
+                    "%lu cut, in %lld ms; dying by the signal",
+                    name ? name : "?", result.closed[LC_KIND_PQ], result.cancelled,
+                    result.closed[LC_KIND_REDIS], result.cut, (long long)result.elapsed_ms);
+            signals_die(req.sig);
+        }
+    }
+}
+
+/* Called with runtime_lock held. */
+static void start_drain_thread(void)
+{
+    if (pipe2(wake_pipe, O_CLOEXEC) != 0)
+        return;
+    if (pipe2(done_pipe, O_CLOEXEC) != 0) {
+        close(wake_pipe[0]);
+        close(wake_pipe[1]);
+        wake_pipe[0] = wake_pipe[1] = -1;
+        return;
+    }
+    /* No signal of the program's may ever run on our thread. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    pthread_t tid;
+    drain_thread_ok = pthread_create(&tid, &attr, drain_thread_main, NULL) == 0;
+    pthread_attr_destroy(&attr);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (!drain_thread_ok)
+        LC_WARN("cannot start the drain thread: %s; draining inline at exit only",
+                strerror(errno));
+}
+
+static void exit_drain(void);
+
+void runtime_on_connect(int uses_ssl)
+{
+    pid_t self = getpid();
+    if (__atomic_load_n(&runtime_pid, __ATOMIC_ACQUIRE) == self &&
+        (!uses_ssl || __atomic_load_n(&ssl_atexit_registered, __ATOMIC_ACQUIRE)))
+        return;
+    pthread_mutex_lock(&runtime_lock);
+    if (runtime_pid != self) {
+        inflight_prepare_barrier();
+        start_drain_thread();
+        /* Registered after the first connect, so it runs before _dl_fini and
+         * before any exit cleanup registered by the libraries we watch. */
+        atexit(exit_drain);
+        __atomic_store_n(&runtime_pid, self, __ATOMIC_RELEASE);
+    }
+    if (uses_ssl && !ssl_atexit_registered) {
+        /* OpenSSL registers its cleanup at the first SSL attempt; ours must run
+         * first, so it goes on the atexit list again, after OpenSSL's. */
+        atexit(exit_drain);
+        __atomic_store_n(&ssl_atexit_registered, 1, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&runtime_lock);
+}
+
+int runtime_drain_requested(void)
+{
+    return __atomic_load_n(&drain_requested, __ATOMIC_ACQUIRE) &&
+           __atomic_load_n(&runtime_pid, __ATOMIC_ACQUIRE) == getpid();
+}
+
+/* Async-signal-safe: atomics, clock_gettime, getpid, write. */
+static int post_request(int sig)
+{
+    if (!drain_thread_ok || runtime_pid != getpid() || wake_pipe[1] < 0)
+        return -1;
+    struct drain_request req = {.sig = sig, .start_ms = lc_now_ms()};
+    __atomic_store_n(&drain_requested, 1, __ATOMIC_RELEASE);
+    ssize_t w;
+    do
+        w = write(wake_pipe[1], &req, sizeof req);
+    while (w < 0 && errno == EINTR);
+    return w == (ssize_t)sizeof req ? 0 : -1;
+}
+
+int runtime_request_signal_drain(int sig)
+{
+    return post_request(sig);
+}
+
+/* atexit: may run in signal context (a program handler calling exit(), as
+ * webdis does), so it only talks to the drain thread through pipes. */
+static void exit_drain(void)
+{
+    if (!lc_active() || registry_owned_live() == 0)
+        return;
+    pid_t self = getpid();
+    if (exit_drained_pid == self)
+        return;
+    exit_drained_pid = self;
+    if (runtime_drain_requested()) {
+        /* A signal drain is under way and ends in the process's death. */
+        for (;;)
+            pause();
+    }
+    gate_set_exiting_thread();
+    if (post_request(0) != 0) {
+        struct lc_drain_result result;
+        drain_run(LC_GATE_EXIT, lc_now_ms(), &result);
+        log_result("exit", &result);
+        gate_finish();
+        return;
+    }
+    int64_t until = lc_now_ms() + lc_cfg.deadline_ms + 50;
+    for (;;) {
+        int64_t left = until - lc_now_ms();
+        if (left <= 0)
+            break;
+        struct pollfd p = {.fd = done_pipe[0], .events = POLLIN};
+        int r = poll(&p, 1, (int)left);
+        if (r > 0 || (r < 0 && errno != EINTR))
+            break;
+    }
+}
+
+/* ---- public API ---- */
+
+LC_EXPORT int lastcall_get_stats(struct lastcall_stats *out, unsigned long size)
+{
+    if (out == NULL || size < sizeof *out)
+        return -1;
+    struct lc_registry_counts c;
+    registry_counts(&c);
+    memset(out, 0, sizeof *out);
+    out->pq_opened = c.opened[LC_KIND_PQ];
+    out->pq_failed = c.failed[LC_KIND_PQ];
+    out->pq_closed = c.closed[LC_KIND_PQ];
+    out->pq_live = c.live[LC_KIND_PQ];
+    out->redis_opened = c.opened[LC_KIND_REDIS];
+    out->redis_failed = c.failed[LC_KIND_REDIS];
+    out->redis_closed = c.closed[LC_KIND_REDIS];
+    out->redis_live = c.live[LC_KIND_REDIS];
+    out->drained = c.drained;
+    return 0;
+}
+
+LC_EXPORT const char *lastcall_version(void)
+{
+    return LASTCALL_VERSION;
+}

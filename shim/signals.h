@@ -1,0 +1,14 @@
+/* The managed signals (LASTCALL_SIGNALS): lastcall's handler sits in the
+ * kernel; the program's own dispositions live in a virtual table that
+ * signal()/sigaction() read and write. */
+#ifndef LC_SIGNALS_H
+#define LC_SIGNALS_H
+
+#include <signal.h>
+
+void signals_install(const sigset_t *managed);
+/* Restore the default disposition and re-raise; as PID 1 (where the kernel
+ * drops a default-action signal) exit with 128+N. Async-signal-safe. */
+void signals_die(int sig) __attribute__((noreturn));
+
+#endif

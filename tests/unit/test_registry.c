@@ -1,0 +1,112 @@
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "registry.h"
+
+TestSuite(registry, .init = registry_reset_for_tests);
+
+Test(registry, add_and_free)
+{
+    int a, b;
+    cr_assert_not_null(registry_add(&a, LC_KIND_PQ, 0, 0, 5, "/tmp:5432/app", NULL));
+    cr_assert_not_null(registry_add(&b, LC_KIND_REDIS, 0, 1, 6, "127.0.0.1:6379", NULL));
+    cr_assert_eq(registry_owned_live(), 2);
+    struct lc_registry_counts c;
+    registry_counts(&c);
+    cr_assert_eq(c.opened[LC_KIND_PQ], 1);
+    cr_assert_eq(c.failed[LC_KIND_REDIS], 1);
+    cr_assert_eq(registry_begin_free(&a, 0), 1);
+    registry_end_free(&a);
+    cr_assert_eq(registry_owned_live(), 1);
+    int unknown;
+    cr_assert_eq(registry_begin_free(&unknown, 0), 0);
+    registry_counts(&c);
+    cr_assert_eq(c.closed[LC_KIND_PQ], 1);
+    cr_assert_eq(c.live[LC_KIND_REDIS], 1);
+}
+
+Test(registry, same_address_replaces_stale_entry)
+{
+    int a;
+    registry_add(&a, LC_KIND_PQ, 0, 0, 5, "x", NULL);
+    registry_add(&a, LC_KIND_PQ, 0, 0, 7, "y", NULL);
+    cr_assert_eq(registry_owned_live(), 1);
+}
+
+Test(registry, target_is_truncated_safely)
+{
+    char long_target[500];
+    memset(long_target, 'h', sizeof long_target - 1);
+    long_target[sizeof long_target - 1] = '\0';
+    int a;
+    struct lc_entry *e = registry_add(&a, LC_KIND_REDIS, 0, 0, 5, long_target, NULL);
+    cr_assert_eq(strlen(e->target), LC_TARGET_MAX - 1);
+}
+
+Test(registry, claim_marks_draining_and_skips_closing)
+{
+    int a, b, c;
+    registry_add(&a, LC_KIND_PQ, 0, 0, 5, "a", NULL);
+    registry_add(&b, LC_KIND_PQ, 0, 0, 6, "b", NULL);
+    registry_add(&c, LC_KIND_REDIS, 0, 0, 7, "c", NULL);
+    registry_begin_free(&b, 0); /* the program is freeing b */
+    struct lc_entry *out[8];
+    size_t n = registry_claim_for_drain(getpid(), out, 8);
+    cr_assert_eq(n, 2);
+    for (size_t i = 0; i < n; i++)
+        cr_assert_eq(out[i]->state, LC_ENTRY_DRAINING);
+    /* Another process's handles are never claimed. */
+    cr_assert_eq(registry_claim_for_drain(getpid() + 1, out, 8), 0);
+    registry_release_drained(out, n);
+    for (size_t i = 0; i < n; i++)
+        cr_assert_eq(out[i]->state, LC_ENTRY_DRAINED);
+    struct lc_registry_counts counts;
+    registry_counts(&counts);
+    cr_assert_eq(counts.drained, 2);
+}
+
+static void *churn(void *arg)
+{
+    (void)arg;
+    char handles[1000];
+    for (int i = 0; i < 1000; i++) {
+        registry_add(&handles[i], i % 2, 0, 0, i, "t", NULL);
+        if (registry_begin_free(&handles[i], 0))
+            registry_end_free(&handles[i]);
+    }
+    return NULL;
+}
+
+Test(registry, threads_churn_without_loss)
+{
+    pthread_t t[8];
+    for (int i = 0; i < 8; i++)
+        pthread_create(&t[i], NULL, churn, NULL);
+    for (int i = 0; i < 8; i++)
+        pthread_join(t[i], NULL);
+    struct lc_registry_counts c;
+    registry_counts(&c);
+    cr_assert_eq(c.opened[0] + c.opened[1], 8000);
+    cr_assert_eq(c.closed[0] + c.closed[1], 8000);
+    cr_assert_eq(registry_owned_live(), 0);
+}
+
+Test(registry, fork_child_owns_nothing)
+{
+    int a;
+    registry_add(&a, LC_KIND_PQ, 0, 0, 5, "a", NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        registry_atfork_child();
+        struct lc_entry *out[4];
+        int ok = registry_owned_live() == 0 && registry_claim_for_drain(getpid(), out, 4) == 0;
+        _exit(ok ? 0 : 1);
+    }
+    int status;
+    waitpid(pid, &status, 0);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    cr_assert_eq(registry_owned_live(), 1);
+}
