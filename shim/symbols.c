@@ -60,7 +60,7 @@ void *sym_lookup(enum lc_lib lib, const char *name, const void *self)
         void *h = loaded_library(lib);
         p = h ? dlsym(h, name) : NULL;
     }
-    if (p == self) {
+    if (self != NULL && p == self) {
         LC_DEBUG("lookup of %s found lastcall itself; refusing the loop", name);
         return NULL;
     }

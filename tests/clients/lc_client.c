@@ -1,0 +1,229 @@
+/* A test program no different from an application: it uses libpq and hiredis
+ * and knows nothing of lastcall (it only peeks at lastcall's counters through
+ * dlsym when asked to print them). Each subcommand is one scenario.
+ * Connection settings come from PG* variables and LC_TEST_REDIS_SOCK. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <hiredis/hiredis.h>
+#include <libpq-fe.h>
+
+#include "lastcall.h"
+
+static void die(const char *what)
+{
+    fprintf(stderr, "lc_client: %s\n", what);
+    exit(99);
+}
+
+static PGconn *pg_open(void)
+{
+    PGconn *c = PQconnectdb("");
+    if (PQstatus(c) != CONNECTION_OK) {
+        fprintf(stderr, "lc_client: %s", PQerrorMessage(c));
+        exit(99);
+    }
+    return c;
+}
+
+static void pg_ok(PGconn *c, const char *sql)
+{
+    PGresult *r = PQexec(c, sql);
+    ExecStatusType st = PQresultStatus(r);
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+        fprintf(stderr, "lc_client: %s: %s", sql, PQerrorMessage(c));
+        exit(99);
+    }
+    PQclear(r);
+}
+
+static redisContext *redis_open(void)
+{
+    const char *sock = getenv("LC_TEST_REDIS_SOCK");
+    if (!sock)
+        die("LC_TEST_REDIS_SOCK unset");
+    redisContext *c = redisConnectUnix(sock);
+    if (c == NULL || c->err)
+        die("redis connect failed");
+    return c;
+}
+
+static void print_stats(void)
+{
+    int (*get)(struct lastcall_stats *, unsigned long) =
+        (int (*)(struct lastcall_stats *, unsigned long))dlsym(RTLD_DEFAULT, "lastcall_get_stats");
+    struct lastcall_stats s;
+    if (get == NULL || get(&s, sizeof s) != 0) {
+        printf("stats none\n");
+        return;
+    }
+    printf("stats pq_opened=%lu pq_closed=%lu pq_live=%lu pq_failed=%lu redis_opened=%lu "
+           "redis_closed=%lu redis_live=%lu redis_failed=%lu\n",
+           s.pq_opened, s.pq_closed, s.pq_live, s.pq_failed, s.redis_opened, s.redis_closed,
+           s.redis_live, s.redis_failed);
+    fflush(stdout);
+}
+
+/* N connections each inside an open transaction, plus a Redis SET that was
+ * appended but never flushed; then exit() without closing anything. */
+static int cmd_exit_open_tx(int n, const char *key)
+{
+    for (int i = 0; i < n; i++) {
+        PGconn *c = pg_open();
+        pg_ok(c, "BEGIN");
+        pg_ok(c, "SELECT txid_current()");
+    }
+    redisContext *r = redis_open();
+    redisAppendCommand(r, "SET %s %s", key, "buffered-value");
+    print_stats();
+    exit(0);
+}
+
+static int churn_rounds;
+
+static void *churn_thread(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < churn_rounds; i++) {
+        PGconn *c = PQconnectdb("");
+        if (PQstatus(c) == CONNECTION_OK)
+            PQclear(PQexec(c, "SELECT 1"));
+        PQfinish(c);
+        redisContext *r = redis_open();
+        freeReplyObject(redisCommand(r, "PING"));
+        redisFree(r);
+    }
+    return NULL;
+}
+
+static int cmd_threads(int threads, int rounds)
+{
+    churn_rounds = rounds;
+    pthread_t t[64];
+    if (threads > 64)
+        threads = 64;
+    for (int i = 0; i < threads; i++)
+        pthread_create(&t[i], NULL, churn_thread, NULL);
+    for (int i = 0; i < threads; i++)
+        pthread_join(t[i], NULL);
+    print_stats();
+    return 0;
+}
+
+/* Parent connects, a child is forked and exits through exit() (its atexit
+ * drain runs), then the parent's connections must still work. */
+static int cmd_fork(void)
+{
+    PGconn *c = pg_open();
+    redisContext *r = redis_open();
+    pg_ok(c, "SELECT 1");
+    pid_t pid = fork();
+    if (pid == 0) {
+        printf("child stats:\n");
+        print_stats();
+        exit(0);
+    }
+    int status;
+    waitpid(pid, &status, 0);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        die("child failed");
+    pg_ok(c, "SELECT 2");
+    redisReply *rep = redisCommand(r, "PING");
+    if (rep == NULL || rep->type != REDIS_REPLY_STATUS)
+        die("redis broken after fork");
+    freeReplyObject(rep);
+    printf("parent ok\n");
+    PQfinish(c);
+    redisFree(r);
+    return 0;
+}
+
+/* SSL: sslmode=require over TCP, an open transaction, then exit(). */
+static int cmd_ssl(int n)
+{
+    char conninfo[256];
+    snprintf(conninfo, sizeof conninfo, "host=127.0.0.1 port=%s sslmode=require",
+             getenv("LC_TEST_PG_PORT") ? getenv("LC_TEST_PG_PORT") : "5432");
+    for (int i = 0; i < n; i++) {
+        PGconn *c = PQconnectdb(conninfo);
+        if (PQstatus(c) != CONNECTION_OK || !PQsslInUse(c)) {
+            fprintf(stderr, "lc_client: ssl: %s", PQerrorMessage(c));
+            exit(99);
+        }
+        pg_ok(c, "BEGIN");
+        pg_ok(c, "SELECT 1");
+    }
+    print_stats();
+    exit(0);
+}
+
+/* Stalled servers with output queued: prints the backend pid, waits for a
+ * line on stdin (the test stops the servers), queues big writes, exits. */
+static int cmd_stall(void)
+{
+    PGconn *c = pg_open();
+    redisContext *r = redis_open();
+    pg_ok(c, "BEGIN");
+    printf("backend %d\n", PQbackendPID(c));
+    fflush(stdout);
+    char line[64];
+    if (fgets(line, sizeof line, stdin) == NULL)
+        die("no go");
+    size_t big = 16u << 20;
+    char *payload = malloc(big + 32);
+    memset(payload, 'x', big);
+    payload[big] = '\0';
+    redisAppendCommand(r, "SET stall %b", payload, big);
+    PQsetnonblocking(c, 1);
+    char *sql = malloc(big + 32);
+    snprintf(sql, big + 32, "SELECT '%s'", payload);
+    if (!PQsendQuery(c, sql))
+        die("sendquery");
+    PQflush(c);
+    printf("exiting\n");
+    fflush(stdout);
+    exit(0);
+}
+
+/* A long query in this thread; SIGTERM arrives from outside. */
+static int cmd_sleep_query(const char *seconds)
+{
+    PGconn *c = pg_open();
+    printf("backend %d\n", PQbackendPID(c));
+    fflush(stdout);
+    char sql[64];
+    snprintf(sql, sizeof sql, "SELECT pg_sleep(%s)", seconds);
+    PGresult *res = PQexec(c, sql);
+    printf("query returned %s\n", PQresStatus(PQresultStatus(res)));
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc < 2)
+        die("usage: lc_client COMMAND ...");
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "exit-open-tx") == 0 && argc >= 4)
+        return cmd_exit_open_tx(atoi(argv[2]), argv[3]);
+    if (strcmp(cmd, "threads") == 0 && argc >= 4)
+        return cmd_threads(atoi(argv[2]), atoi(argv[3]));
+    if (strcmp(cmd, "fork") == 0)
+        return cmd_fork();
+    if (strcmp(cmd, "ssl") == 0 && argc >= 3)
+        return cmd_ssl(atoi(argv[2]));
+    if (strcmp(cmd, "stall") == 0)
+        return cmd_stall();
+    if (strcmp(cmd, "sleep-query") == 0 && argc >= 3)
+        return cmd_sleep_query(argv[2]);
+    die("unknown command");
+    return 99;
+}

@@ -1,0 +1,68 @@
+/* Shared by the integration tests: real servers started per test binary
+ * (tests/harness/servers.sh), programs run with or without the shim, and
+ * what the servers saw. */
+#ifndef LC_TEST_HARNESS_H
+#define LC_TEST_HARNESS_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+/* Custom criterion main: starts the servers, runs the tests one at a time. */
+#define LC_TEST_MAIN                                                                           \
+    int main(int argc, char **argv)                                                            \
+    {                                                                                          \
+        return harness_main(argc, argv);                                                       \
+    }
+int harness_main(int argc, char **argv);
+
+struct proc {
+    pid_t pid;
+    int out_fd;     /* child's stdout (and stderr when merged) */
+    int err_fd;     /* child's stderr */
+    int in_fd;      /* child's stdin, or -1 */
+    int64_t started_us;
+    char out[65536];
+    size_t out_len;
+    char err[65536];
+    size_t err_len;
+};
+
+struct run_opts {
+    int preload;                /* LD_PRELOAD the shim */
+    const char *const *env;     /* extra KEY=VALUE, NULL-terminated */
+    int keep_stdin;             /* give the child a pipe on stdin */
+    const char *app;            /* PGAPPNAME */
+};
+
+/* Starts argv[0] (looked up in PATH when no slash). */
+void proc_start(struct proc *p, const struct run_opts *o, const char *const *argv);
+/* Reads stdout until a line containing NEEDLE; returns 0, or -1 at timeout/EOF. */
+int proc_wait_for(struct proc *p, const char *needle, int timeout_ms);
+/* Waits for exit, collecting output; returns the wait status, or -1 at
+ * timeout (the child is then killed). *elapsed_us from proc_start, if given. */
+int proc_wait(struct proc *p, int timeout_ms, int64_t *elapsed_us);
+/* Runs to completion. */
+int run(const struct run_opts *o, const char *const *argv, struct proc *p, int timeout_ms);
+
+const char *build_path(const char *rel);   /* inside the build dir */
+const char *shim_path(void);
+
+/* PostgreSQL as seen by the test itself (not preloaded). */
+int pg_backends(const char *app);
+int pg_wait_backends_gone(const char *app, int timeout_ms);
+long pg_scalar(const char *sql);
+/* Lines of the server log for APP that contain NEEDLE. */
+int pg_log_count(const char *app, const char *needle);
+/* Abrupt-disconnect lines for APP: unexpected EOF, connection reset, lost. */
+int pg_log_abrupt(const char *app);
+/* The whole log, for messages. */
+void pg_log_dump_app(const char *app);
+
+/* Redis GET; returns malloc'd value or NULL. */
+char *redis_get(const char *key);
+pid_t redis_pid(void);
+
+int64_t now_us(void);
+void sleep_ms(int ms);
+
+#endif
