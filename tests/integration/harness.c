@@ -133,8 +133,13 @@ void proc_start(struct proc *p, const struct run_opts *o, const char *const *arg
         signal(SIGTERM, SIG_DFL);
         signal(SIGPIPE, SIG_DFL);
         unsetenv("LD_PRELOAD");
-        if (o->preload)
-            setenv("LD_PRELOAD", shim_path(), 1);
+        if (o->preload) {
+            const char *first = getenv("LASTCALL_TEST_PRELOAD_FIRST");
+            char preload[2048];
+            snprintf(preload, sizeof preload, "%s%s%s", first ? first : "", first ? ":" : "",
+                     shim_path());
+            setenv("LD_PRELOAD", preload, 1);
+        }
         if (o->app)
             setenv("PGAPPNAME", o->app, 1);
         for (int i = 0; o->env && o->env[i]; i++)
