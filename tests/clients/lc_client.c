@@ -206,6 +206,102 @@ static int cmd_sleep_query(const char *seconds)
     return 0;
 }
 
+
+static volatile sig_atomic_t got_signal;
+static volatile sig_atomic_t got_signal_number;
+
+static void on_term(int sig, siginfo_t *info, void *uctx)
+{
+    (void)info;
+    (void)uctx;
+    got_signal = 1;
+    got_signal_number = sig;
+}
+
+/* Its own SIGTERM handler sets a flag; main returns, leaving an open
+ * transaction and a buffered Redis SET behind. */
+static int cmd_own_handler(const char *key)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_term;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    struct sigaction back;
+    sigaction(SIGTERM, NULL, &back);
+    if (back.sa_sigaction != on_term || !(back.sa_flags & SA_SIGINFO))
+        die("sigaction did not read back what was set");
+    PGconn *c = pg_open();
+    pg_ok(c, "BEGIN");
+    pg_ok(c, "SELECT 1");
+    redisContext *r = redis_open();
+    redisAppendCommand(r, "SET %s %s", key, "from-own-handler");
+    printf("ready\n");
+    fflush(stdout);
+    while (!got_signal)
+        pause();
+    printf("handler ran for signal %d\n", (int)got_signal_number);
+    fflush(stdout);
+    return 0;
+}
+
+/* Holds connections open (one in a transaction, a buffered Redis SET) and
+ * waits to be signalled. */
+__attribute__((noreturn)) static int cmd_hold(const char *key)
+{
+    PGconn *c = pg_open();
+    pg_ok(c, "BEGIN");
+    pg_ok(c, "SELECT 1");
+    redisContext *r = redis_open();
+    redisAppendCommand(r, "SET %s %s", key, "held");
+    printf("ready pid %d\n", (int)getpid());
+    fflush(stdout);
+    for (;;)
+        sleep(60);
+}
+
+static PGconn *blocked_conn;
+static redisContext *blocked_redis;
+
+static void *blocked_pg(void *arg)
+{
+    (void)arg;
+    PGresult *res = PQexec(blocked_conn, "SELECT count(*) FROM lc_locked");
+    printf("pg returned %s\n", PQresStatus(PQresultStatus(res)));
+    return NULL;
+}
+
+static void *blocked_rd(void *arg)
+{
+    (void)arg;
+    redisReply *rep = redisCommand(blocked_redis, "PING");
+    printf("redis returned %s\n", rep ? "reply" : "error");
+    return NULL;
+}
+
+/* A query blocked on a lock and a command to a stopped redis-server, each in
+ * its own thread; the test stops the server and holds the lock. */
+static int cmd_blocked(void)
+{
+    blocked_conn = pg_open();
+    blocked_redis = redis_open();
+    printf("connected\n");
+    fflush(stdout);
+    char line[64];
+    if (fgets(line, sizeof line, stdin) == NULL)
+        die("no go");
+    pthread_t a, b;
+    pthread_create(&a, NULL, blocked_pg, NULL);
+    pthread_create(&b, NULL, blocked_rd, NULL);
+    printf("blocked\n");
+    fflush(stdout);
+    pthread_join(a, NULL);
+    pthread_join(b, NULL);
+    printf("both returned\n");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -224,6 +320,12 @@ int main(int argc, char **argv)
         return cmd_stall();
     if (strcmp(cmd, "sleep-query") == 0 && argc >= 3)
         return cmd_sleep_query(argv[2]);
+    if (strcmp(cmd, "own-handler") == 0 && argc >= 3)
+        return cmd_own_handler(argv[2]);
+    if (strcmp(cmd, "hold") == 0 && argc >= 3)
+        return cmd_hold(argv[2]);
+    if (strcmp(cmd, "blocked") == 0)
+        return cmd_blocked();
     die("unknown command");
     return 99;
 }
