@@ -193,10 +193,16 @@ static int cmd_stall(void)
     exit(0);
 }
 
-/* A long query in this thread; SIGTERM arrives from outside. */
-static int cmd_sleep_query(const char *seconds)
+/* A long query in this thread; SIGTERM arrives from outside. With "reset",
+ * PQreset first: the backend and its cancel key change. */
+static int cmd_sleep_query(const char *seconds, int reset)
 {
     PGconn *c = pg_open();
+    if (reset) {
+        PQreset(c);
+        if (PQstatus(c) != CONNECTION_OK)
+            die("reset failed");
+    }
     printf("backend %d\n", PQbackendPID(c));
     fflush(stdout);
     char sql[64];
@@ -244,6 +250,26 @@ static int cmd_own_handler(const char *key)
     printf("handler ran for signal %d\n", (int)got_signal_number);
     fflush(stdout);
     return 0;
+}
+
+static void exit_from_handler(int sig)
+{
+    (void)sig;
+    exit(0); /* as webdis does: atexit handlers now run in signal context */
+}
+
+__attribute__((noreturn)) static int cmd_exit_in_handler(const char *key)
+{
+    signal(SIGTERM, exit_from_handler);
+    PGconn *c = pg_open();
+    pg_ok(c, "BEGIN");
+    pg_ok(c, "SELECT 1");
+    redisContext *r = redis_open();
+    redisAppendCommand(r, "SET %s %s", key, "exit-in-handler");
+    printf("ready\n");
+    fflush(stdout);
+    for (;;)
+        pause();
 }
 
 /* Holds connections open (one in a transaction, a buffered Redis SET) and
@@ -319,9 +345,11 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "stall") == 0)
         return cmd_stall();
     if (strcmp(cmd, "sleep-query") == 0 && argc >= 3)
-        return cmd_sleep_query(argv[2]);
+        return cmd_sleep_query(argv[2], argc >= 4 && strcmp(argv[3], "reset") == 0);
     if (strcmp(cmd, "own-handler") == 0 && argc >= 3)
         return cmd_own_handler(argv[2]);
+    if (strcmp(cmd, "exit-in-handler") == 0 && argc >= 3)
+        return cmd_exit_in_handler(argv[2]);
     if (strcmp(cmd, "hold") == 0 && argc >= 3)
         return cmd_hold(argv[2]);
     if (strcmp(cmd, "blocked") == 0)

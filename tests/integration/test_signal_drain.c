@@ -307,3 +307,35 @@ Test(signal_drain, no_live_handle_signal_acts_at_once)
     cr_assert(WIFEXITED(s) && WEXITSTATUS(s) == 0);
     cr_assert_str_eq(p.out, "survived\n");
 }
+
+Test(signal_drain, exit_called_from_a_signal_handler_drains_on_the_drain_thread)
+{
+    struct proc p;
+    const char *argv[] = {CLIENT, "exit-in-handler", "handler_exit_key", NULL};
+    struct run_opts o = {.preload = 1, .app = "exit_in_handler"};
+    proc_start(&p, &o, argv);
+    cr_assert_eq(proc_wait_for(&p, "ready", 10000), 0, "%s", p.err);
+    kill(p.pid, SIGTERM);
+    int s = proc_wait(&p, 10000, NULL);
+    cr_assert(WIFEXITED(s) && WEXITSTATUS(s) == 0, "status %d: %s", s, p.err);
+    cr_assert_eq(pg_wait_backends_gone("exit_in_handler", 10000), 0);
+    cr_assert_eq(pg_log_abrupt("exit_in_handler"), 0);
+    char *v = redis_get("handler_exit_key");
+    cr_assert(v && strcmp(v, "exit-in-handler") == 0);
+}
+
+Test(signal_drain, pqreset_refreshes_the_cancel_key)
+{
+    struct proc p;
+    const char *env[] = {"LASTCALL_GRACE=300ms", NULL};
+    struct run_opts o = {.preload = 1, .app = "after_reset", .env = env};
+    const char *argv[] = {CLIENT, "sleep-query", "60", "reset", NULL};
+    proc_start(&p, &o, argv);
+    cr_assert_eq(proc_wait_for(&p, "backend", 10000), 0, "%s", p.err);
+    cr_assert_eq(wait_active_query("after_reset", 10000), 0);
+    kill(p.pid, SIGTERM);
+    int s = proc_wait(&p, 10000, NULL);
+    cr_assert(died_by(s, SIGTERM), "status %d: %s", s, p.err);
+    cr_assert_eq(pg_wait_backends_gone("after_reset", 3000), 0);
+    cr_assert_eq(pg_log_count("after_reset", "canceling statement due to user request"), 1);
+}
