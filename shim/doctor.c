@@ -1,0 +1,366 @@
+#define _GNU_SOURCE
+#include "doctor.h"
+
+#include <dirent.h>
+#include <elf.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int doctor_resolve(const char *cmd, char *out, size_t size)
+{
+    if (cmd == NULL || *cmd == '\0')
+        return -1;
+    if (strchr(cmd, '/')) {
+        if (access(cmd, F_OK) != 0)
+            return -1;
+        snprintf(out, size, "%s", cmd);
+        return 0;
+    }
+    const char *path = getenv("PATH");
+    if (path == NULL)
+        path = "/usr/local/bin:/usr/bin:/bin";
+    char *copy = strdup(path);
+    if (copy == NULL)
+        return -1;
+    int found = -1;
+    char *save = NULL;
+    for (char *dir = strtok_r(copy, ":", &save); dir; dir = strtok_r(NULL, ":", &save)) {
+        char candidate[PATH_MAX];
+        if (*dir == '\0')
+            continue; /* an empty PATH entry means "." : never search the current directory */
+        snprintf(candidate, sizeof candidate, "%s/%s", dir, cmd);
+        struct stat st;
+        if (stat(candidate, &st) == 0 && S_ISREG(st.st_mode) && access(candidate, X_OK) == 0) {
+            snprintf(out, size, "%s", candidate);
+            found = 0;
+            break;
+        }
+    }
+    free(copy);
+    return found;
+}
+
+struct elf_facts {
+    int is_elf;
+    int is_64;
+    int dynamic;          /* has PT_INTERP */
+    int go;               /* Go build id or buildinfo section */
+    char interp[256];
+    char needed[32][128]; /* DT_NEEDED */
+    int n_needed;
+};
+
+static const void *at(const unsigned char *base, size_t size, size_t off, size_t len)
+{
+    return off <= size && len <= size - off ? base + off : NULL;
+}
+
+static void read_elf(const char *path, struct elf_facts *f)
+{
+    memset(f, 0, sizeof *f);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || st.st_size < (off_t)sizeof(Elf64_Ehdr)) {
+        close(fd);
+        return;
+    }
+    size_t size = (size_t)st.st_size;
+    const unsigned char *m = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (m == MAP_FAILED)
+        return;
+    if (memcmp(m, ELFMAG, SELFMAG) != 0)
+        goto out;
+    f->is_elf = 1;
+    if (m[EI_CLASS] != ELFCLASS64)
+        goto out;
+    f->is_64 = 1;
+    const Elf64_Ehdr *eh = (const Elf64_Ehdr *)m;
+    const Elf64_Phdr *ph = at(m, size, eh->e_phoff, (size_t)eh->e_phnum * sizeof *ph);
+    const Elf64_Phdr *dyn_ph = NULL;
+    for (int i = 0; ph && i < eh->e_phnum; i++) {
+        if (ph[i].p_type == PT_INTERP) {
+            const char *s = at(m, size, ph[i].p_offset, ph[i].p_filesz);
+            if (s) {
+                f->dynamic = 1;
+                snprintf(f->interp, sizeof f->interp, "%.*s", (int)ph[i].p_filesz, s);
+            }
+        } else if (ph[i].p_type == PT_DYNAMIC) {
+            dyn_ph = &ph[i];
+        }
+    }
+    /* Section names: Go binaries carry .note.go.buildid / .go.buildinfo. */
+    const Elf64_Shdr *sh = at(m, size, eh->e_shoff, (size_t)eh->e_shnum * sizeof *sh);
+    if (sh && eh->e_shstrndx < eh->e_shnum) {
+        const char *names = at(m, size, sh[eh->e_shstrndx].sh_offset, sh[eh->e_shstrndx].sh_size);
+        for (int i = 0; names && i < eh->e_shnum; i++) {
+            if (sh[i].sh_name >= sh[eh->e_shstrndx].sh_size)
+                continue;
+            const char *nm = names + sh[i].sh_name;
+            if (strcmp(nm, ".note.go.buildid") == 0 || strcmp(nm, ".go.buildinfo") == 0)
+                f->go = 1;
+        }
+    }
+    /* DT_NEEDED: string offsets into DT_STRTAB, an address to map through PT_LOAD. */
+    if (dyn_ph && ph) {
+        const Elf64_Dyn *dyn = at(m, size, dyn_ph->p_offset, dyn_ph->p_filesz);
+        size_t count = dyn ? dyn_ph->p_filesz / sizeof *dyn : 0;
+        uint64_t strtab_addr = 0;
+        for (size_t i = 0; i < count && dyn[i].d_tag != DT_NULL; i++)
+            if (dyn[i].d_tag == DT_STRTAB)
+                strtab_addr = dyn[i].d_un.d_ptr;
+        size_t strtab_off = 0;
+        for (int i = 0; i < eh->e_phnum; i++)
+            if (ph[i].p_type == PT_LOAD && strtab_addr >= ph[i].p_vaddr &&
+                strtab_addr < ph[i].p_vaddr + ph[i].p_filesz)
+                strtab_off = (size_t)(strtab_addr - ph[i].p_vaddr + ph[i].p_offset);
+        for (size_t i = 0; strtab_off && i < count && dyn[i].d_tag != DT_NULL; i++) {
+            if (dyn[i].d_tag != DT_NEEDED || f->n_needed >= 32)
+                continue;
+            const char *s = at(m, size, strtab_off + dyn[i].d_un.d_val, 1);
+            if (s)
+                snprintf(f->needed[f->n_needed++], sizeof f->needed[0], "%.*s",
+                         (int)strnlen(s, size - (size_t)(s - (const char *)m)), s);
+        }
+    }
+out:
+    munmap((void *)m, size);
+}
+
+static int has_prefix_lib(const char *name, const char *prefix)
+{
+    const char *base = strrchr(name, '/');
+    base = base ? base + 1 : name;
+    return strncmp(base, prefix, strlen(prefix)) == 0;
+}
+
+/* Every library the dynamic loader would load, through `ld.so --list` (the
+ * loader only resolves; the program does not run). */
+static void transitive_libs(const char *interp, const char *path, int *pq, int *hiredis,
+                            char *via, size_t via_size)
+{
+    char cmd[PATH_MAX * 2 + 64];
+    char q[PATH_MAX + 8];
+    /* Quote the path for the shell: single quotes, embedded ones escaped. */
+    size_t o = 0;
+    q[o++] = '\'';
+    for (const char *p = path; *p && o + 5 < sizeof q; p++) {
+        if (*p == '\'') {
+            memcpy(q + o, "'\\''", 4);
+            o += 4;
+        } else {
+            q[o++] = *p;
+        }
+    }
+    q[o++] = '\'';
+    q[o] = '\0';
+    snprintf(cmd, sizeof cmd, "'%s' --list %s 2>/dev/null", interp, q);
+    FILE *f = popen(cmd, "r");
+    if (f == NULL)
+        return;
+    char line[1024];
+    while (fgets(line, sizeof line, f)) {
+        char *name = line + strspn(line, " \t");
+        name[strcspn(name, " \t\n")] = '\0';
+        if (has_prefix_lib(name, "libpq.so") && !*pq) {
+            *pq = 1;
+            snprintf(via + strlen(via), via_size - strlen(via), "%s%s", *via ? ", " : "", name);
+        }
+        if (has_prefix_lib(name, "libhiredis.so") && !*hiredis) {
+            *hiredis = 1;
+            snprintf(via + strlen(via), via_size - strlen(via), "%s%s", *via ? ", " : "", name);
+        }
+    }
+    pclose(f);
+}
+
+static const char *interpreter_hint(const char *base)
+{
+    if (strncmp(base, "python", 6) == 0)
+        return "Python: lastcall sees psycopg2 and psycopg (3), which use libpq, and hiredis-py "
+               "only for parsing (redis-py's own sockets are not seen)";
+    if (strncmp(base, "perl", 4) == 0)
+        return "Perl: lastcall sees DBD::Pg (libpq) and Redis::hiredis";
+    if (strncmp(base, "ruby", 4) == 0)
+        return "Ruby: lastcall sees the pg gem (libpq) and hiredis-rb";
+    if (strcmp(base, "node") == 0 || strcmp(base, "nodejs") == 0)
+        return "Node.js: lastcall sees pg-native (libpq); the pure-JS pg and redis clients are "
+               "not seen";
+    if (strncmp(base, "php", 3) == 0)
+        return "PHP: lastcall sees the pgsql/pdo_pgsql extensions (libpq)";
+    return NULL;
+}
+
+/* Debian's pg_wrapper (/usr/bin/psql, pgbench...) is a Perl script that execs
+ * the real program from /usr/lib/postgresql/VERSION/bin. */
+static int debian_pg_wrapper_target(const char *script, const char *base, char *out, size_t size)
+{
+    FILE *f = fopen(script, "r");
+    if (f == NULL)
+        return -1;
+    char buf[4096];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    if (strstr(buf, "PgCommon") == NULL)
+        return -1;
+    DIR *d = opendir("/usr/lib/postgresql");
+    if (d == NULL)
+        return -1;
+    int best = -1;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        int v = atoi(e->d_name);
+        char candidate[PATH_MAX];
+        snprintf(candidate, sizeof candidate, "/usr/lib/postgresql/%s/bin/%s", e->d_name, base);
+        if (v > best && access(candidate, X_OK) == 0) {
+            best = v;
+            snprintf(out, size, "%s", candidate);
+        }
+    }
+    closedir(d);
+    return best >= 0 ? 0 : -1;
+}
+
+static void report_signals(FILE *out)
+{
+    const int sigs[] = {SIGTERM, SIGINT};
+    const char *names[] = {"SIGTERM", "SIGINT"};
+    sigset_t blocked;
+    sigprocmask(SIG_BLOCK, NULL, &blocked);
+    for (int i = 0; i < 2; i++) {
+        struct sigaction sa;
+        if (sigaction(sigs[i], NULL, &sa) != 0)
+            continue;
+        if (sa.sa_handler == SIG_IGN)
+            fprintf(out, "  note: %s is ignored in this environment (inherited); it stays "
+                         "ignored under lastcall, so it will not start a drain\n", names[i]);
+        if (sigismember(&blocked, sigs[i]) == 1)
+            fprintf(out, "  note: %s is blocked in this environment; the program inherits "
+                         "the mask\n", names[i]);
+    }
+    if (getpid() == 1)
+        fprintf(out, "  note: running as PID 1: after a drain lastcall exits 128+N, since the "
+                     "kernel drops a default-action signal for init\n");
+}
+
+static int analyse(const char *path, FILE *out, int depth)
+{
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        fprintf(out, "  no: %s: %s\n", path, strerror(errno));
+        return DOCTOR_NOT_FOUND;
+    }
+    if (st.st_mode & (S_ISUID | S_ISGID)) {
+        fprintf(out, "  no: %s is set%s: the dynamic loader ignores LD_PRELOAD for it\n", path,
+                (st.st_mode & S_ISUID) ? "uid" : "gid");
+        return DOCTOR_NO;
+    }
+    /* Scripts: follow the interpreter. */
+    FILE *f = fopen(path, "r");
+    char first[512] = "";
+    if (f) {
+        if (fgets(first, sizeof first, f) == NULL)
+            first[0] = '\0';
+        fclose(f);
+    }
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    if (first[0] == '#' && first[1] == '!' && depth < 4) {
+        char *interp = first + 2 + strspn(first + 2, " \t");
+        interp[strcspn(interp, " \t\n")] = '\0';
+        char *args = interp + strlen(interp) + 1;
+        const char *ibase = strrchr(interp, '/');
+        ibase = ibase ? ibase + 1 : interp;
+        char target[PATH_MAX];
+        if (debian_pg_wrapper_target(path, base, target, sizeof target) == 0) {
+            fprintf(out, "  %s is Debian's pg_wrapper script; it execs %s, which inherits "
+                         "LD_PRELOAD\n", path, target);
+            return analyse(target, out, depth + 1);
+        }
+        if (strcmp(ibase, "env") == 0) {
+            /* "#!/usr/bin/env python3": the interpreter is the next word. */
+            char *word = args + strspn(args, " \t");
+            word[strcspn(word, " \t\n")] = '\0';
+            char resolved[PATH_MAX];
+            if (*word && doctor_resolve(word, resolved, sizeof resolved) == 0) {
+                fprintf(out, "  %s is a script run by %s\n", path, resolved);
+                return analyse(resolved, out, depth + 1);
+            }
+        }
+        fprintf(out, "  %s is a script run by %s\n", path, interp);
+        return analyse(interp, out, depth + 1);
+    }
+    struct elf_facts e;
+    read_elf(path, &e);
+    if (!e.is_elf) {
+        fprintf(out, "  no: %s is neither an ELF program nor a #! script\n", path);
+        return DOCTOR_NO;
+    }
+    if (!e.is_64) {
+        fprintf(out, "  no: %s is a 32-bit program; this liblastcall.so is 64-bit\n", path);
+        return DOCTOR_NO;
+    }
+    if (e.go) {
+        fprintf(out, "  no: %s is a Go program: Go talks to PostgreSQL and Redis in Go "
+                     "(and is usually static), not through libpq or hiredis\n", path);
+        return DOCTOR_NO;
+    }
+    if (!e.dynamic) {
+        fprintf(out, "  no: %s is statically linked: LD_PRELOAD has no effect on it\n", path);
+        return DOCTOR_NO;
+    }
+    int pq = 0, hiredis = 0;
+    for (int i = 0; i < e.n_needed; i++) {
+        if (has_prefix_lib(e.needed[i], "libpq.so"))
+            pq = 1;
+        if (has_prefix_lib(e.needed[i], "libhiredis.so"))
+            hiredis = 1;
+    }
+    if (pq || hiredis) {
+        fprintf(out, "  yes: %s imports %s%s%s directly\n", path, pq ? "libpq" : "",
+                pq && hiredis ? " and " : "", hiredis ? "hiredis" : "");
+        return DOCTOR_YES;
+    }
+    char via[512] = "";
+    transitive_libs(e.interp, path, &pq, &hiredis, via, sizeof via);
+    if (pq || hiredis) {
+        fprintf(out, "  yes: %s loads %s through its libraries\n", path, via);
+        return DOCTOR_YES;
+    }
+    const char *hint = interpreter_hint(base);
+    if (hint) {
+        fprintf(out, "  depends: %s is an interpreter that loads database drivers at run "
+                     "time. %s\n", path, hint);
+        return DOCTOR_DEPENDS;
+    }
+    fprintf(out, "  no: %s loads neither libpq nor hiredis (it may dlopen them at run time; "
+                 "lastcall would see that)\n", path);
+    return DOCTOR_NO;
+}
+
+int doctor_run(const char *cmd, FILE *out)
+{
+    char path[PATH_MAX];
+    if (doctor_resolve(cmd, path, sizeof path) != 0) {
+        fprintf(out, "lastcall doctor: %s: command not found\n", cmd);
+        return DOCTOR_NOT_FOUND;
+    }
+    fprintf(out, "lastcall doctor: %s\n", path);
+    int verdict = analyse(path, out, 0);
+    report_signals(out);
+    static const char *words[] = {"lastcall will see its connections",
+                                  "lastcall will not see its connections", "not found",
+                                  "it depends on the drivers the program loads"};
+    fprintf(out, "verdict: %s\n", words[verdict]);
+    return verdict;
+}
