@@ -27,6 +27,39 @@ void config_defaults(struct lc_config *cfg)
     sigemptyset(&cfg->signals);
     sigaddset(&cfg->signals, SIGTERM);
     sigaddset(&cfg->signals, SIGINT);
+    cfg->report_path = NULL;
+    cfg->report_format = LC_FORMAT_TEXT;
+    cfg->stacks = 0;
+    cfg->stack_depth = LC_DEFAULT_STACK_DEPTH;
+    cfg->leak_threshold = 0;
+    cfg->leak_age_ms = 0;
+    cfg->status_signal = 0;
+    cfg->log_format = LC_FORMAT_TEXT;
+    cfg->log_file = NULL;
+}
+
+int config_parse_format(const char *text)
+{
+    if (text == NULL)
+        return -1;
+    if (strcasecmp(text, "text") == 0)
+        return LC_FORMAT_TEXT;
+    if (strcasecmp(text, "json") == 0)
+        return LC_FORMAT_JSON;
+    return -1;
+}
+
+int config_parse_count(const char *text, long *out)
+{
+    if (text == NULL || !isdigit((unsigned char)*text))
+        return -1;
+    errno = 0;
+    char *end = NULL;
+    long v = strtol(text, &end, 10);
+    if (errno != 0 || *end != '\0' || v < 1 || v > 1000000)
+        return -1;
+    *out = v;
+    return 0;
 }
 
 int config_parse_duration(const char *text, int64_t *ms)
@@ -230,5 +263,74 @@ void config_load(struct lc_config *cfg, lc_getenv_fn get, lc_complain_fn complai
                          "signal names such as TERM,INT (or none)", "TERM,INT");
         else
             cfg->signals = set;
+    }
+    if ((v = get("LASTCALL_REPORT")) != NULL) {
+        if (*v == '\0')
+            complain_bad(complain, "LASTCALL_REPORT", v, "a file path", "no report");
+        else
+            cfg->report_path = v;
+    }
+    if ((v = get("LASTCALL_REPORT_FORMAT")) != NULL) {
+        int f = config_parse_format(v);
+        if (f < 0)
+            complain_bad(complain, "LASTCALL_REPORT_FORMAT", v, "text or json", "text");
+        else
+            cfg->report_format = f;
+    }
+    if ((v = get("LASTCALL_LEAK_THRESHOLD")) != NULL) {
+        long n;
+        if (config_parse_count(v, &n) < 0)
+            complain_bad(complain, "LASTCALL_LEAK_THRESHOLD", v, "a count from 1 to 1000000",
+                         "off");
+        else
+            cfg->leak_threshold = n;
+    }
+    if ((v = get("LASTCALL_LEAK_AGE")) != NULL) {
+        int64_t ms;
+        if (config_parse_duration(v, &ms) < 0 || ms == 0)
+            complain_bad(complain, "LASTCALL_LEAK_AGE", v, "a duration above zero such as 30s",
+                         "off");
+        else
+            cfg->leak_age_ms = ms;
+    }
+    /* Stacks default to on when someone will read them. */
+    cfg->stacks = cfg->report_path != NULL || cfg->leak_threshold > 0 || cfg->leak_age_ms > 0;
+    if ((v = get("LASTCALL_STACKS")) != NULL) {
+        int b = config_parse_bool(v);
+        if (b < 0)
+            complain_bad(complain, "LASTCALL_STACKS", v, "on or off",
+                         cfg->stacks ? "on" : "off");
+        else
+            cfg->stacks = b;
+    }
+    if ((v = get("LASTCALL_STACK_DEPTH")) != NULL) {
+        long n;
+        if (config_parse_count(v, &n) < 0 || n > LC_MAX_STACK_DEPTH)
+            complain_bad(complain, "LASTCALL_STACK_DEPTH", v, "a frame count from 1 to 64", "16");
+        else
+            cfg->stack_depth = (int)n;
+    }
+    if ((v = get("LASTCALL_STATUS_SIGNAL")) != NULL) {
+        int sig = config_signal_number(v);
+        if (strcasecmp(v, "off") == 0 || strcasecmp(v, "none") == 0)
+            sig = 0;
+        else if (sig == 0 || sigismember(&cfg->signals, sig) == 1)
+            complain_bad(complain, "LASTCALL_STATUS_SIGNAL", v,
+                         "a signal name such as USR2, not one of LASTCALL_SIGNALS", "off");
+        else
+            cfg->status_signal = sig;
+    }
+    if ((v = get("LASTCALL_LOG_FORMAT")) != NULL) {
+        int f = config_parse_format(v);
+        if (f < 0)
+            complain_bad(complain, "LASTCALL_LOG_FORMAT", v, "text or json", "text");
+        else
+            cfg->log_format = f;
+    }
+    if ((v = get("LASTCALL_LOG_FILE")) != NULL) {
+        if (*v == '\0')
+            complain_bad(complain, "LASTCALL_LOG_FILE", v, "a file path", "stderr");
+        else
+            cfg->log_file = v;
     }
 }

@@ -12,12 +12,26 @@ enum lc_log_level { LC_LOG_OFF = 0, LC_LOG_WARN = 1, LC_LOG_INFO = 2, LC_LOG_DEB
 #define LC_DEFAULT_GRACE_MS 3000
 #define LC_MAX_DURATION_MS (24LL * 3600 * 1000)
 
+enum lc_format { LC_FORMAT_TEXT = 0, LC_FORMAT_JSON = 1 };
+
+#define LC_DEFAULT_STACK_DEPTH 16
+#define LC_MAX_STACK_DEPTH 64
+
 struct lc_config {
     int64_t deadline_ms;      /* LASTCALL_DEADLINE */
     int64_t grace_ms;         /* LASTCALL_GRACE */
     int log_level;            /* LASTCALL_LOG */
     int disabled;             /* LASTCALL_DISABLE */
     sigset_t signals;         /* LASTCALL_SIGNALS */
+    const char *report_path;  /* LASTCALL_REPORT, NULL: no report */
+    int report_format;        /* LASTCALL_REPORT_FORMAT */
+    int stacks;               /* LASTCALL_STACKS; default: on when a report or a leak check is asked for */
+    int stack_depth;          /* LASTCALL_STACK_DEPTH */
+    long leak_threshold;      /* LASTCALL_LEAK_THRESHOLD, 0: off */
+    int64_t leak_age_ms;      /* LASTCALL_LEAK_AGE, 0: off */
+    int status_signal;        /* LASTCALL_STATUS_SIGNAL, 0: off */
+    int log_format;           /* LASTCALL_LOG_FORMAT */
+    const char *log_file;     /* LASTCALL_LOG_FILE, NULL: stderr */
 };
 
 /* Looks a variable up; returns NULL when unset. */
@@ -39,6 +53,11 @@ int config_parse_signals(const char *text, sigset_t *set);
 int config_parse_log_level(const char *text);
 /* 1/true/yes/on, 0/false/no/off/empty. Returns 0/1 or -1. */
 int config_parse_bool(const char *text);
+/* text|json. Returns the format or -1. */
+int config_parse_format(const char *text);
+/* A decimal count from 1 to 1000000. Returns 0 or -1. */
+int config_parse_count(const char *text, long *out);
+
 /* The signal number for "TERM", "SIGTERM", "15"; 0 when unknown. */
 int config_signal_number(const char *name);
 /* "TERM" for 15; NULL when unknown. */

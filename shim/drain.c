@@ -6,6 +6,8 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -45,6 +47,25 @@ static int is_busy(struct work *w)
     if (w->ops->server_busy && w->fd >= 0)
         return w->ops->server_busy(w->e, w->fd);
     return 0;
+}
+
+/* One "drain_phase" event per phase, with its count and the milliseconds
+ * since the drain began. */
+__attribute__((format(printf, 4, 5))) static void phase_event(const char *phase, int64_t start_ms,
+                                                               size_t count, const char *fmt, ...)
+{
+    if (lc_log_level < LC_LOG_INFO)
+        return;
+    char msg[300];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    char fields[160];
+    snprintf(fields, sizeof fields, "\"phase\":\"%s\",\"count\":%zu,\"ms\":%lld", phase, count,
+             (long long)(lc_now_ms() - start_ms));
+    lc_event(LC_LOG_INFO, "drain_phase", fields, "%s (%lld ms)", msg,
+             (long long)(lc_now_ms() - start_ms));
 }
 
 static size_t count_busy(struct work *works, size_t n)
@@ -209,14 +230,14 @@ void drain_run(int mode, int64_t start_ms, struct lc_drain_result *result)
         works[i].fd = works[i].ops->socket_fd(entries[i]);
         works[i].step = works[i].fd >= 0 ? STEP_FLUSH : STEP_DONE;
     }
-    LC_INFO("drain: %zu connection%s, deadline %lld ms, grace %lld ms", n, n == 1 ? "" : "s",
-            (long long)lc_cfg.deadline_ms, (long long)lc_cfg.grace_ms);
+    phase_event("start", start_ms, n, "drain: %zu connection%s, deadline %lld ms, grace %lld ms",
+                n, n == 1 ? "" : "s", (long long)lc_cfg.deadline_ms, (long long)lc_cfg.grace_ms);
 
     /* Phase grace: in-flight queries and commands may finish. */
     size_t busy;
     while ((busy = count_busy(works, n)) > 0 && lc_now_ms() < grace_end)
         sleep_ms(1);
-    LC_DEBUG("grace: %zu still busy after %lld ms", busy, (long long)(lc_now_ms() - start_ms));
+    phase_event("grace", start_ms, busy, "drain: grace over, %zu still busy", busy);
 
     /* Phase cancel: PostgreSQL gets a cancel request; Redis is cut. */
     if (busy > 0) {
@@ -237,6 +258,8 @@ void drain_run(int mode, int64_t start_ms, struct lc_drain_result *result)
         start_cancels(to_cancel, nc);
         free(to_cancel);
         result->cancelled = nc;
+        phase_event("cancel", start_ms, nc, "drain: %zu cancel request%s, %lu cut", nc,
+                    nc == 1 ? "" : "s", result->cut);
         while (count_busy(works, n) > 0 && lc_now_ms() < close_start)
             sleep_ms(1);
     }
@@ -278,6 +301,7 @@ void drain_run(int mode, int64_t start_ms, struct lc_drain_result *result)
     }
     registry_release_drained(entries, n);
     result->elapsed_ms = lc_now_ms() - start_ms;
+    phase_event("close", start_ms, n, "drain: closed %zu, %lu cut", n, result->cut);
     free(entries);
     free(works);
 }

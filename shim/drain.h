@@ -20,6 +20,8 @@ struct lc_kind_ops {
     int (*flush)(struct lc_entry *e, int fd);
     /* Say goodbye in the protocol (PostgreSQL Terminate). May be NULL. */
     void (*terminate)(struct lc_entry *e, int fd);
+    /* Idle inside a transaction (for status snapshots). May be NULL. */
+    int (*in_transaction)(struct lc_entry *e);
 };
 
 extern const struct lc_kind_ops lc_pq_ops;

@@ -49,11 +49,17 @@ static inline int inflight_enter(struct lc_slot **sp, void *handle)
     return 1;
 }
 
+extern int lc_touch_enabled;   /* LASTCALL_LEAK_AGE: note each use */
+void runtime_touch(void *handle);
+
 static inline void inflight_leave(struct lc_slot *s, int outer)
 {
     if (!outer)
         return;
+    void *handle = s->handle;
     __atomic_store_n(&s->handle, NULL, __ATOMIC_RELEASE);
+    if (__builtin_expect(lc_touch_enabled, 0))
+        runtime_touch(handle);
     /* A call that was in flight when the drain began may finish, but its
      * thread must not run on into the program's own code. */
     if (__builtin_expect(__atomic_load_n(&lc_gate_closed, __ATOMIC_ACQUIRE), 0))

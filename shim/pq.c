@@ -14,7 +14,9 @@
 #include "lc.h"
 #include "log.h"
 #include "registry.h"
+#include "report.h"
 #include "runtime.h"
+#include "stacks.h"
 #include "symbols.h"
 
 #define PQ(name) REAL_IN(LC_LIB_PQ, name)
@@ -54,14 +56,15 @@ static void pq_track(PGconn *conn)
     char target[LC_TARGET_MAX];
     pq_describe(conn, target, sizeof target);
     PGcancel *cancel = pq_prepare_cancel(conn);
-    if (registry_add(conn, LC_KIND_PQ, 0, failed, fd, target, cancel) == NULL) {
+    struct lc_stack *stack = lc_cfg.stacks ? stack_capture(lc_cfg.stack_depth) : NULL;
+    if (registry_add(conn, LC_KIND_PQ, 0, failed, fd, target, cancel, stack) == NULL) {
         pq_free_cancel(cancel);
         return;
     }
     int ssl = PQ(PQsslInUse) ? PQ(PQsslInUse)(conn) : 0;
-    LC_DEBUG("open PostgreSQL %p to %s%s%s", (void *)conn, target, failed ? " (failed)" : "",
-             ssl ? " (SSL)" : "");
+    runtime_log_open(LC_KIND_PQ, conn, target, failed, ssl);
     runtime_on_connect(ssl);
+    report_check_threshold(LC_KIND_PQ);
 }
 
 /* PQreset and a finished PQconnectPoll: same PGconn, new backend, new key. */
@@ -201,8 +204,9 @@ LC_EXPORT void PQfinish(PGconn *conn)
     real(conn); /* after a drain the socket is shut down: this returns at once */
     lc_depth--;
     if (tracked) {
-        pq_free_cancel(registry_end_free(conn));
-        LC_DEBUG("close PostgreSQL %p", (void *)conn);
+        struct lc_entry info;
+        pq_free_cancel(registry_end_free(conn, &info));
+        runtime_log_close(&info);
     }
     inflight_leave(s, outer);
 }
@@ -346,6 +350,14 @@ static void pq_terminate(struct lc_entry *e, int fd)
     while (w < 0 && errno == EINTR);
 }
 
+static int pq_in_transaction(struct lc_entry *e)
+{
+    if (e->failed || PQ(PQtransactionStatus) == NULL)
+        return 0;
+    PGTransactionStatusType st = PQ(PQtransactionStatus)((PGconn *)e->handle);
+    return st == PQTRANS_INTRANS || st == PQTRANS_INERROR;
+}
+
 const struct lc_kind_ops lc_pq_ops = {
     .name = "PostgreSQL",
     .socket_fd = pq_socket_fd,
@@ -353,4 +365,5 @@ const struct lc_kind_ops lc_pq_ops = {
     .cancel = pq_cancel,
     .flush = pq_flush,
     .terminate = pq_terminate,
+    .in_transaction = pq_in_transaction,
 };

@@ -18,7 +18,9 @@
 #include "lc.h"
 #include "log.h"
 #include "registry.h"
+#include "report.h"
 #include "runtime.h"
+#include "stacks.h"
 #include "symbols.h"
 
 #define RD(name) REAL_IN(LC_LIB_HIREDIS, name)
@@ -70,11 +72,12 @@ static void redis_track(void *ctx, int is_async, const char *target)
         return;
     int failed = redis_context_err(ctx) != 0;
     int fd = redis_context_fd(ctx);
-    if (registry_add(ctx, LC_KIND_REDIS, is_async, failed, fd, target, NULL) == NULL)
+    struct lc_stack *stack = lc_cfg.stacks ? stack_capture(lc_cfg.stack_depth) : NULL;
+    if (registry_add(ctx, LC_KIND_REDIS, is_async, failed, fd, target, NULL, stack) == NULL)
         return;
-    LC_DEBUG("open Redis%s %p to %s%s", is_async ? " (async)" : "", ctx, target,
-             failed ? " (failed)" : "");
+    runtime_log_open(LC_KIND_REDIS, ctx, target, failed, 0);
     runtime_on_connect(0);
+    report_check_threshold(LC_KIND_REDIS);
 }
 
 static void target_tcp(char *out, size_t size, const char *ip, int port)
@@ -248,8 +251,9 @@ static int redis_free_tracked(void *ctx, int (*do_free)(void *))
     int r = do_free(ctx);
     lc_depth--;
     if (tracked) {
-        registry_end_free(ctx);
-        LC_DEBUG("close Redis %p", ctx);
+        struct lc_entry info;
+        registry_end_free(ctx, &info);
+        runtime_log_close(&info);
     }
     inflight_leave(s, outer);
     return r;

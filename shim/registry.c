@@ -1,6 +1,8 @@
 #define _GNU_SOURCE
 #include "registry.h"
 
+#include "stacks.h"
+
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -36,17 +38,24 @@ static void entry_remove_locked(struct entry *e)
 {
     HASH_DEL(table, e);
     count_live(e, -1);
+    free(e->pub.stack);
     free(e);
 }
 
 struct lc_entry *registry_add(void *handle, int kind, int is_async, int failed, int fd,
-                              const char *target, void *cancel)
+                              const char *target, void *cancel, struct lc_stack *stack)
 {
-    if (handle == NULL || kind < 0 || kind >= LC_KIND_COUNT)
+    if (handle == NULL || kind < 0 || kind >= LC_KIND_COUNT) {
+        free(stack);
         return NULL;
+    }
     struct entry *e = calloc(1, sizeof *e);
-    if (e == NULL)
+    if (e == NULL) {
+        free(stack);
         return NULL;
+    }
+    e->pub.stack = stack;
+    e->pub.last_used_ms = lc_now_ms();
     e->pub.handle = handle;
     e->pub.kind = kind;
     e->pub.is_async = is_async;
@@ -126,13 +135,19 @@ int registry_begin_free(void *handle, int64_t wait_until_ms)
     return e != NULL;
 }
 
-void *registry_end_free(void *handle)
+void *registry_end_free(void *handle, struct lc_entry *info)
 {
     void *cancel = NULL;
+    if (info)
+        memset(info, 0, sizeof *info);
     pthread_mutex_lock(&registry_lock);
     struct entry *e = NULL;
     HASH_FIND_PTR(table, &handle, e);
     if (e) {
+        if (info) {
+            *info = e->pub;
+            info->stack = NULL;
+        }
         cancel = e->pub.cancel;
         counts.closed[e->pub.kind]++;
         entry_remove_locked(e);
@@ -196,6 +211,82 @@ void registry_counts(struct lc_registry_counts *out)
     pthread_mutex_unlock(&registry_lock);
 }
 
+static struct lc_entry copy_entry(const struct lc_entry *src)
+{
+    struct lc_entry c = *src;
+    c.stack = NULL;
+    if (src->stack) {
+        size_t bytes = sizeof *src->stack + (size_t)src->stack->depth * sizeof(void *);
+        c.stack = malloc(bytes);
+        if (c.stack)
+            memcpy(c.stack, src->stack, bytes);
+    }
+    return c;
+}
+
+size_t registry_snapshot(pid_t pid, int kind, struct lc_entry **out)
+{
+    pthread_mutex_lock(&registry_lock);
+    size_t n = 0, cap = HASH_COUNT(table);
+    struct lc_entry *copies = calloc(cap ? cap : 1, sizeof *copies);
+    struct entry *e, *tmp;
+    HASH_ITER(hh, table, e, tmp) {
+        if (copies == NULL || n >= cap)
+            break;
+        if (e->pub.pid != pid || (kind >= 0 && e->pub.kind != kind))
+            continue;
+        copies[n++] = copy_entry(&e->pub);
+    }
+    pthread_mutex_unlock(&registry_lock);
+    *out = copies;
+    return copies ? n : 0;
+}
+
+void registry_free_snapshot(struct lc_entry *copies, size_t n)
+{
+    for (size_t i = 0; copies && i < n; i++)
+        free(copies[i].stack);
+    free(copies);
+}
+
+int registry_touch(void *handle, struct lc_entry *copy)
+{
+    int cleared = 0;
+    pthread_mutex_lock(&registry_lock);
+    struct entry *e = NULL;
+    HASH_FIND_PTR(table, &handle, e);
+    if (e) {
+        e->pub.last_used_ms = lc_now_ms();
+        if (e->pub.suspect) {
+            e->pub.suspect = 0;
+            cleared = 1;
+            *copy = copy_entry(&e->pub);
+        }
+    }
+    pthread_mutex_unlock(&registry_lock);
+    return cleared;
+}
+
+size_t registry_find_idle(pid_t pid, int64_t now_ms, int64_t age_ms, struct lc_entry **out)
+{
+    pthread_mutex_lock(&registry_lock);
+    size_t n = 0, cap = HASH_COUNT(table);
+    struct lc_entry *copies = calloc(cap ? cap : 1, sizeof *copies);
+    struct entry *e, *tmp;
+    HASH_ITER(hh, table, e, tmp) {
+        if (copies == NULL || n >= cap)
+            break;
+        if (e->pub.pid != pid || e->pub.suspect || e->pub.state != LC_ENTRY_OPEN ||
+            now_ms - e->pub.last_used_ms < age_ms)
+            continue;
+        e->pub.suspect = 1;
+        copies[n++] = copy_entry(&e->pub);
+    }
+    pthread_mutex_unlock(&registry_lock);
+    *out = copies;
+    return copies ? n : 0;
+}
+
 void registry_atfork_prepare(void)
 {
     pthread_mutex_lock(&registry_lock);
@@ -220,6 +311,7 @@ void registry_reset_for_tests(void)
     struct entry *e, *tmp;
     HASH_ITER(hh, table, e, tmp) {
         HASH_DEL(table, e);
+        free(e->pub.stack);
         free(e);
     }
     memset(&counts, 0, sizeof counts);

@@ -10,6 +10,8 @@
 
 #include "lc.h"
 
+struct lc_stack;
+
 enum lc_entry_state {
     LC_ENTRY_OPEN = 0,    /* the program's */
     LC_ENTRY_CLOSING,     /* the program is inside its free call: the drain keeps off */
@@ -30,6 +32,9 @@ struct lc_entry {
     int64_t opened_at_ms;     /* CLOCK_REALTIME */
     unsigned long thread;     /* opener's thread id */
     void *cancel;             /* PGcancel*, prepared on the connect path */
+    struct lc_stack *stack;   /* opening call stack, or NULL (stacks off) */
+    int64_t last_used_ms;     /* monotonic; kept only when LASTCALL_LEAK_AGE is set */
+    int suspect;              /* reported as idle too long */
     char target[LC_TARGET_MAX];
 };
 
@@ -44,7 +49,7 @@ struct lc_registry_counts {
 /* Tracks HANDLE. A stale entry for the same address (freed behind our back) is
  * replaced. Returns the entry, or NULL when out of memory (then untracked). */
 struct lc_entry *registry_add(void *handle, int kind, int is_async, int failed, int fd,
-                              const char *target, void *cancel);
+                              const char *target, void *cancel, struct lc_stack *stack);
 
 /* Connect-path updates (PQreset, redisReconnect, PQconnectPoll finishing).
  * Returns the old cancel object for the caller to free, through *old_cancel. */
@@ -53,8 +58,9 @@ void registry_update(void *handle, int failed, int fd, void *cancel, void **old_
 /* The program is about to free HANDLE. Waits (bounded by wait_until_ms,
  * monotonic) while a drain owns it. Returns 1 if it is tracked. */
 int registry_begin_free(void *handle, int64_t wait_until_ms);
-/* The program freed HANDLE. Returns its cancel object for the caller to free. */
-void *registry_end_free(void *handle);
+/* The program freed HANDLE. Returns its cancel object for the caller to free;
+ * *info (if given) gets a shallow copy of the entry, without its stack. */
+void *registry_end_free(void *handle, struct lc_entry *info);
 
 /* Live entries owned by this process, without locking: for signal handlers. */
 unsigned long registry_owned_live(void);
@@ -68,6 +74,18 @@ void registry_release_drained(struct lc_entry **entries, size_t n);
 size_t registry_count_owned(pid_t pid);
 
 void registry_counts(struct lc_registry_counts *out);
+
+/* Copies of the entries owned by PID (stacks copied too: free each copy's
+ * stack, then the array, with registry_free_snapshot). Returns the count. */
+size_t registry_snapshot(pid_t pid, int kind, struct lc_entry **out);
+void registry_free_snapshot(struct lc_entry *copies, size_t n);
+
+/* The program used HANDLE (LASTCALL_LEAK_AGE). Returns 1 when it had been
+ * reported as suspect and no longer is; *copy then describes it. */
+int registry_touch(void *handle, struct lc_entry *copy);
+/* Marks entries idle for age_ms or more as suspect; returns copies of the
+ * newly suspect ones (free with registry_free_snapshot). */
+size_t registry_find_idle(pid_t pid, int64_t now_ms, int64_t age_ms, struct lc_entry **out);
 
 /* fork handlers: the child keeps the entries (they belong to the parent) but
  * owns none of them, and inherits an unlocked mutex. */

@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -16,10 +17,12 @@
 #include "lc.h"
 #include "log.h"
 #include "registry.h"
+#include "report.h"
 #include "signals.h"
 
 struct lc_config lc_cfg;
 int lc_initialized;
+int lc_touch_enabled;
 __thread int lc_depth __attribute__((tls_model("initial-exec")));
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
@@ -34,8 +37,10 @@ static int ssl_atexit_registered;  /* pid-independent: atexit lists survive fork
 static int drain_requested;        /* set by whoever asks for a drain */
 static pid_t exit_drained_pid;
 
+enum { REQ_EXIT = 0, REQ_STATUS = -1 }; /* > 0: a signal drain for that signal */
+
 struct drain_request {
-    int sig;            /* 0: exit drain */
+    int sig;
     int64_t start_ms;
 };
 
@@ -48,7 +53,7 @@ static const char *env_lookup(const char *name)
 static void config_from_env(void)
 {
     config_load(&lc_cfg, env_lookup, lc_log_complaint);
-    lc_log_level = lc_cfg.log_level;
+    lc_log_setup(&lc_cfg);
 }
 
 static void atfork_prepare(void)
@@ -87,7 +92,8 @@ static void do_init(void)
     config_from_env();
     if (!lc_cfg.disabled) {
         pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
-        signals_install(&lc_cfg.signals);
+        signals_install(&lc_cfg.signals, lc_cfg.status_signal);
+        lc_touch_enabled = lc_cfg.leak_age_ms > 0;
     }
     __atomic_store_n(&lc_initialized, 1, __ATOMIC_RELEASE);
 }
@@ -102,21 +108,43 @@ __attribute__((constructor)) static void lastcall_constructor(void)
     runtime_init();
 }
 
+/* "drained 12 PostgreSQL (1 query cancelled) and 3 Redis connections in 4 ms" */
 static void log_result(const char *why, const struct lc_drain_result *r)
 {
-    if (r->closed[LC_KIND_PQ] + r->closed[LC_KIND_REDIS] == 0)
+    if (lc_log_level < LC_LOG_INFO || r->closed[LC_KIND_PQ] + r->closed[LC_KIND_REDIS] == 0)
         return;
-    LC_INFO("%s: drained %lu PostgreSQL (%lu quer%s cancelled) and %lu Redis connections, "
-            "%lu cut, in %lld ms",
-            why, r->closed[LC_KIND_PQ], r->cancelled, r->cancelled == 1 ? "y" : "ies",
-            r->closed[LC_KIND_REDIS], r->cut, (long long)r->elapsed_ms);
+    char fields[300];
+    snprintf(fields, sizeof fields,
+             "\"reason\":\"%s\",\"postgresql\":%lu,\"redis\":%lu,\"cancelled\":%lu,"
+             "\"cut\":%lu,\"ms\":%lld",
+             why, r->closed[LC_KIND_PQ], r->closed[LC_KIND_REDIS], r->cancelled, r->cut,
+             (long long)r->elapsed_ms);
+    lc_event(LC_LOG_INFO, "drain_summary", fields,
+             "%s: drained %lu PostgreSQL (%lu quer%s cancelled) and %lu Redis connections%s in "
+             "%lld ms",
+             why, r->closed[LC_KIND_PQ], r->cancelled, r->cancelled == 1 ? "y" : "ies",
+             r->closed[LC_KIND_REDIS], r->cut ? " (some cut)" : "", (long long)r->elapsed_ms);
 }
 
 static void *drain_thread_main(void *arg)
 {
     (void)arg;
     int fd = wake_pipe[0];
+    /* With LASTCALL_LEAK_AGE the thread also wakes to look for idle handles. */
+    int tick_ms = -1;
+    if (lc_cfg.leak_age_ms > 0) {
+        int64_t t = lc_cfg.leak_age_ms / 4;
+        tick_ms = (int)(t < 20 ? 20 : t > 1000 ? 1000 : t);
+    }
     for (;;) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int r = poll(&p, 1, tick_ms);
+        if (r == 0) {
+            report_check_idle();
+            continue;
+        }
+        if (r < 0 && errno == EINTR)
+            continue;
         struct drain_request req;
         ssize_t got = read(fd, &req, sizeof req);
         if (got < 0 && errno == EINTR)
@@ -124,20 +152,25 @@ static void *drain_thread_main(void *arg)
         if (got != (ssize_t)sizeof req)
             return NULL;
         struct lc_drain_result result;
-        if (req.sig == 0) {
-            drain_run(LC_GATE_EXIT, req.start_ms, &result);
-            log_result("exit", &result);
-            gate_finish();
+        if (req.sig == REQ_STATUS) {
+            report_status();
+        } else if (req.sig == REQ_EXIT) {
+            if (registry_owned_live() > 0) {
+                drain_run(LC_GATE_EXIT, req.start_ms, &result);
+                log_result("exit", &result);
+                gate_finish();
+            }
+            report_write();
             char c = 'd';
             while (write(done_pipe[1], &c, 1) < 0 && errno == EINTR)
                 ;
         } else {
             drain_run(LC_GATE_SIGNAL, req.start_ms, &result);
             const char *name = config_signal_name(req.sig);
-            LC_INFO("SIG%s: drained %lu PostgreSQL (%lu cancelled) and %lu Redis connections, "
-                    "%lu cut, in %lld ms; dying by the signal",
-                    name ? name : "?", result.closed[LC_KIND_PQ], result.cancelled,
-                    result.closed[LC_KIND_REDIS], result.cut, (long long)result.elapsed_ms);
+            char why[32];
+            snprintf(why, sizeof why, "SIG%s", name ? name : "?");
+            log_result(why, &result);
+            report_write();
             signals_die(req.sig);
         }
     }
@@ -222,11 +255,58 @@ int runtime_request_signal_drain(int sig)
     return post_request(sig);
 }
 
+void runtime_request_status(void)
+{
+    if (!drain_thread_ok || runtime_pid != getpid() || wake_pipe[1] < 0)
+        return;
+    struct drain_request req = {.sig = REQ_STATUS, .start_ms = lc_now_ms()};
+    ssize_t w;
+    do
+        w = write(wake_pipe[1], &req, sizeof req);
+    while (w < 0 && errno == EINTR);
+}
+
+void runtime_log_open(int kind, const void *handle, const char *target, int failed, int ssl)
+{
+    int level = failed ? LC_LOG_INFO : LC_LOG_DEBUG;
+    if (lc_log_level < level)
+        return;
+    char fields[400], esc[300] = "";
+    lc_json_escape(esc, sizeof esc, target);
+    snprintf(fields, sizeof fields, "\"kind\":\"%s\",\"handle\":\"%p\",\"target\":\"%s\"",
+             kind == LC_KIND_PQ ? "postgresql" : "redis", handle, esc);
+    lc_event(level, failed ? "connect_failed" : "open", fields, "%s %s %p to %s%s",
+             failed ? "failed connect:" : "open", kind == LC_KIND_PQ ? "PostgreSQL" : "Redis",
+             handle, target, ssl ? " (SSL)" : "");
+}
+
+void runtime_log_close(const struct lc_entry *info)
+{
+    if (info->suspect)
+        report_no_longer_suspect(info);
+    if (lc_log_level < LC_LOG_DEBUG)
+        return;
+    char fields[200];
+    snprintf(fields, sizeof fields, "\"kind\":\"%s\",\"handle\":\"%p\"",
+             info->kind == LC_KIND_PQ ? "postgresql" : "redis", info->handle);
+    lc_event(LC_LOG_DEBUG, "close", fields, "close %s %p",
+             info->kind == LC_KIND_PQ ? "PostgreSQL" : "Redis", info->handle);
+}
+
+void runtime_touch(void *handle)
+{
+    struct lc_entry copy;
+    if (handle && registry_touch(handle, &copy)) {
+        report_no_longer_suspect(&copy);
+        free(copy.stack);
+    }
+}
+
 /* atexit: may run in signal context (a program handler calling exit(), as
  * webdis does), so it only talks to the drain thread through pipes. */
 static void exit_drain(void)
 {
-    if (!lc_active() || registry_owned_live() == 0)
+    if (!lc_active() || (registry_owned_live() == 0 && lc_cfg.report_path == NULL))
         return;
     pid_t self = getpid();
     if (exit_drained_pid == self)
@@ -238,14 +318,16 @@ static void exit_drain(void)
             pause();
     }
     gate_set_exiting_thread();
-    if (post_request(0) != 0) {
+    if (post_request(REQ_EXIT) != 0) {
         struct lc_drain_result result;
         drain_run(LC_GATE_EXIT, lc_now_ms(), &result);
         log_result("exit", &result);
         gate_finish();
+        report_write();
         return;
     }
-    int64_t until = lc_now_ms() + lc_cfg.deadline_ms + 50;
+    /* Symbolizing a report may take a few seconds more (addr2line). */
+    int64_t until = lc_now_ms() + lc_cfg.deadline_ms + 50 + (lc_cfg.report_path ? 5000 : 0);
     for (;;) {
         int64_t left = until - lc_now_ms();
         if (left <= 0)

@@ -27,6 +27,15 @@ static inline int lc_active(void)
  * registers the atexit drain (after OpenSSL's, so it runs before it). */
 void runtime_on_connect(int uses_ssl);
 
+/* open/close/failed-connect events (LASTCALL_LOG=debug, or info for failures). */
+struct lc_entry;
+void runtime_log_open(int kind, const void *handle, const char *target, int failed, int ssl);
+void runtime_log_close(const struct lc_entry *info);
+
+/* From a signal handler: ask the drain thread for a status snapshot.
+ * Async-signal-safe. */
+void runtime_request_status(void);
+
 /* Is a drain under way in this process? (async-signal-safe) */
 int runtime_drain_requested(void);
 /* From a signal handler: wake the drain thread. Returns 0, or -1 when this

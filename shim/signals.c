@@ -16,6 +16,7 @@ typedef int (*sigaction_fn)(int, const struct sigaction *, struct sigaction *);
 
 static sigaction_fn real_sigaction_fn;
 static int managed[NSIG];
+static int status_sig;
 /* What the program believes each managed signal's disposition is. */
 static struct sigaction virtual_act[NSIG];
 
@@ -59,10 +60,11 @@ static int apply(int sig)
     return real_sigaction(sig, &sa, NULL);
 }
 
-void signals_install(const sigset_t *set)
+void signals_install(const sigset_t *set, int status_signal)
 {
+    status_sig = status_signal;
     for (int sig = 1; sig < NSIG; sig++) {
-        if (sigismember(set, sig) != 1)
+        if (sigismember(set, sig) != 1 && sig != status_signal)
             continue;
         if (real_sigaction(sig, NULL, &virtual_act[sig]) != 0)
             continue;
@@ -108,7 +110,7 @@ static void park_until_death(void)
     sigset_t wait_mask;
     sigfillset(&wait_mask);
     for (int s = 1; s < NSIG; s++)
-        if (managed[s])
+        if (managed[s] && s != status_sig)
             sigdelset(&wait_mask, s);
     for (;;)
         sigsuspend(&wait_mask);
@@ -117,6 +119,18 @@ static void park_until_death(void)
 static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
 {
     int saved_errno = errno;
+    if (sig == status_sig) {
+        /* Taken over for LASTCALL_STATUS_SIGNAL: a snapshot, then the
+         * program's own handler if it has one; never the default action. */
+        runtime_request_status();
+        struct sigaction v = virtual_act[sig];
+        if ((v.sa_flags & SA_SIGINFO) && v.sa_sigaction)
+            v.sa_sigaction(sig, info, uctx);
+        else if (!(v.sa_flags & SA_SIGINFO) && v.sa_handler != SIG_DFL && v.sa_handler != SIG_IGN)
+            v.sa_handler(sig);
+        errno = saved_errno;
+        return;
+    }
     if (runtime_drain_requested()) {
         /* Second signal during a drain: the user means it. */
         die_on_return(sig);

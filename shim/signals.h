@@ -6,7 +6,8 @@
 
 #include <signal.h>
 
-void signals_install(const sigset_t *managed);
+/* STATUS_SIGNAL (0: none) logs a status snapshot instead of draining. */
+void signals_install(const sigset_t *managed, int status_signal);
 /* Restore the default disposition and re-raise; as PID 1 (where the kernel
  * drops a default-action signal) exit with 128+N. Async-signal-safe. */
 void signals_die(int sig) __attribute__((noreturn));

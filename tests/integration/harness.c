@@ -216,6 +216,50 @@ int proc_wait_for(struct proc *p, const char *needle, int timeout_ms)
     return strstr(p->out, needle) ? 0 : -1;
 }
 
+int proc_wait_for_err(struct proc *p, const char *needle, int timeout_ms)
+{
+    int64_t until = now_us() + (int64_t)timeout_ms * 1000;
+    while (now_us() < until) {
+        if (strstr(p->err, needle))
+            return 0;
+        if (p->err_fd < 0)
+            return -1;
+        pump(p, 20);
+    }
+    return strstr(p->err, needle) ? 0 : -1;
+}
+
+char *python(const char *code, const char *const *args)
+{
+    const char *argv[16] = {"/usr/bin/python3", "-c", code};
+    int a = 3;
+    for (int i = 0; args && args[i] && a < 15; i++)
+        argv[a++] = args[i];
+    argv[a] = NULL;
+    struct proc *p = calloc(1, sizeof *p);
+    struct run_opts o = {0};
+    int s = run(&o, argv, p, 30000);
+    char *out = NULL;
+    if (WIFEXITED(s) && WEXITSTATUS(s) == 0)
+        out = strdup(p->out);
+    else
+        fprintf(stderr, "python failed: %s\n", p->err);
+    free(p);
+    return out;
+}
+
+char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return NULL;
+    char *buf = calloc(1, 1 << 20);
+    size_t n = fread(buf, 1, (1 << 20) - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    return buf;
+}
+
 int proc_wait(struct proc *p, int timeout_ms, int64_t *elapsed_us)
 {
     int64_t until = now_us() + (int64_t)timeout_ms * 1000;

@@ -38,6 +38,8 @@ struct run_opts {
 void proc_start(struct proc *p, const struct run_opts *o, const char *const *argv);
 /* Reads stdout until a line containing NEEDLE; returns 0, or -1 at timeout/EOF. */
 int proc_wait_for(struct proc *p, const char *needle, int timeout_ms);
+/* The same on stderr. */
+int proc_wait_for_err(struct proc *p, const char *needle, int timeout_ms);
 /* Waits for exit, collecting output; returns the wait status, or -1 at
  * timeout (the child is then killed). *elapsed_us from proc_start, if given. */
 int proc_wait(struct proc *p, int timeout_ms, int64_t *elapsed_us);
@@ -61,6 +63,10 @@ void pg_log_dump_app(const char *app);
 /* Redis GET; returns malloc'd value or NULL. */
 char *redis_get(const char *key);
 pid_t redis_pid(void);
+
+/* Runs /usr/bin/python3 -c CODE ARGS...; returns its stdout (malloc'd) or NULL. */
+char *python(const char *code, const char *const *args);
+char *slurp(const char *path);
 
 int64_t now_us(void);
 void sleep_ms(int ms);

@@ -160,3 +160,49 @@ Test(config, good_values)
     cr_assert_eq(cfg.log_level, LC_LOG_DEBUG);
     cr_assert_eq(cfg.disabled, 1);
 }
+
+Test(config, leak_settings)
+{
+    fake_env[0][0] = "LASTCALL_REPORT";
+    fake_env[0][1] = "/tmp/r.json";
+    fake_env[1][0] = "LASTCALL_REPORT_FORMAT";
+    fake_env[1][1] = "json";
+    fake_env[2][0] = "LASTCALL_LEAK_THRESHOLD";
+    fake_env[2][1] = "10";
+    fake_env[3][0] = "LASTCALL_LEAK_AGE";
+    fake_env[3][1] = "30s";
+    fake_env[4][0] = "LASTCALL_STATUS_SIGNAL";
+    fake_env[4][1] = "USR2";
+    fake_env[5][0] = "LASTCALL_LOG_FORMAT";
+    fake_env[5][1] = "json";
+    struct lc_config cfg;
+    config_load(&cfg, fake_getenv, record);
+    cr_assert_eq(n_complaints, 0);
+    cr_assert_str_eq(cfg.report_path, "/tmp/r.json");
+    cr_assert_eq(cfg.report_format, LC_FORMAT_JSON);
+    cr_assert_eq(cfg.leak_threshold, 10);
+    cr_assert_eq(cfg.leak_age_ms, 30000);
+    cr_assert_eq(cfg.status_signal, SIGUSR2);
+    cr_assert_eq(cfg.log_format, LC_FORMAT_JSON);
+    cr_assert_eq(cfg.stacks, 1, "stacks default on when a report is asked for");
+}
+
+Test(config, stacks_off_by_default_and_bad_leak_values)
+{
+    fake_env[0][0] = "LASTCALL_LEAK_THRESHOLD";
+    fake_env[0][1] = "-5";
+    fake_env[1][0] = "LASTCALL_STATUS_SIGNAL";
+    fake_env[1][1] = "TERM"; /* already a drain signal */
+    fake_env[2][0] = "LASTCALL_STACK_DEPTH";
+    fake_env[2][1] = "65";
+    fake_env[3][0] = "LASTCALL_REPORT_FORMAT";
+    fake_env[3][1] = "xml";
+    struct lc_config cfg;
+    config_load(&cfg, fake_getenv, record);
+    cr_assert_eq(n_complaints, 4);
+    cr_assert_eq(cfg.leak_threshold, 0);
+    cr_assert_eq(cfg.status_signal, 0);
+    cr_assert_eq(cfg.stack_depth, 16);
+    cr_assert_eq(cfg.report_format, LC_FORMAT_TEXT);
+    cr_assert_eq(cfg.stacks, 0);
+}

@@ -11,15 +11,15 @@ TestSuite(registry, .init = registry_reset_for_tests);
 Test(registry, add_and_free)
 {
     int a, b;
-    cr_assert_not_null(registry_add(&a, LC_KIND_PQ, 0, 0, 5, "/tmp:5432/app", NULL));
-    cr_assert_not_null(registry_add(&b, LC_KIND_REDIS, 0, 1, 6, "127.0.0.1:6379", NULL));
+    cr_assert_not_null(registry_add(&a, LC_KIND_PQ, 0, 0, 5, "/tmp:5432/app", NULL, NULL));
+    cr_assert_not_null(registry_add(&b, LC_KIND_REDIS, 0, 1, 6, "127.0.0.1:6379", NULL, NULL));
     cr_assert_eq(registry_owned_live(), 2);
     struct lc_registry_counts c;
     registry_counts(&c);
     cr_assert_eq(c.opened[LC_KIND_PQ], 1);
     cr_assert_eq(c.failed[LC_KIND_REDIS], 1);
     cr_assert_eq(registry_begin_free(&a, 0), 1);
-    registry_end_free(&a);
+    registry_end_free(&a, NULL);
     cr_assert_eq(registry_owned_live(), 1);
     int unknown;
     cr_assert_eq(registry_begin_free(&unknown, 0), 0);
@@ -31,8 +31,8 @@ Test(registry, add_and_free)
 Test(registry, same_address_replaces_stale_entry)
 {
     int a;
-    registry_add(&a, LC_KIND_PQ, 0, 0, 5, "x", NULL);
-    registry_add(&a, LC_KIND_PQ, 0, 0, 7, "y", NULL);
+    registry_add(&a, LC_KIND_PQ, 0, 0, 5, "x", NULL, NULL);
+    registry_add(&a, LC_KIND_PQ, 0, 0, 7, "y", NULL, NULL);
     cr_assert_eq(registry_owned_live(), 1);
 }
 
@@ -42,16 +42,16 @@ Test(registry, target_is_truncated_safely)
     memset(long_target, 'h', sizeof long_target - 1);
     long_target[sizeof long_target - 1] = '\0';
     int a;
-    struct lc_entry *e = registry_add(&a, LC_KIND_REDIS, 0, 0, 5, long_target, NULL);
+    struct lc_entry *e = registry_add(&a, LC_KIND_REDIS, 0, 0, 5, long_target, NULL, NULL);
     cr_assert_eq(strlen(e->target), LC_TARGET_MAX - 1);
 }
 
 Test(registry, claim_marks_draining_and_skips_closing)
 {
     int a, b, c;
-    registry_add(&a, LC_KIND_PQ, 0, 0, 5, "a", NULL);
-    registry_add(&b, LC_KIND_PQ, 0, 0, 6, "b", NULL);
-    registry_add(&c, LC_KIND_REDIS, 0, 0, 7, "c", NULL);
+    registry_add(&a, LC_KIND_PQ, 0, 0, 5, "a", NULL, NULL);
+    registry_add(&b, LC_KIND_PQ, 0, 0, 6, "b", NULL, NULL);
+    registry_add(&c, LC_KIND_REDIS, 0, 0, 7, "c", NULL, NULL);
     registry_begin_free(&b, 0); /* the program is freeing b */
     struct lc_entry *out[8];
     size_t n = registry_claim_for_drain(getpid(), out, 8);
@@ -73,9 +73,9 @@ static void *churn(void *arg)
     (void)arg;
     char handles[1000];
     for (int i = 0; i < 1000; i++) {
-        registry_add(&handles[i], i % 2, 0, 0, i, "t", NULL);
+        registry_add(&handles[i], i % 2, 0, 0, i, "t", NULL, NULL);
         if (registry_begin_free(&handles[i], 0))
-            registry_end_free(&handles[i]);
+            registry_end_free(&handles[i], NULL);
     }
     return NULL;
 }
@@ -97,7 +97,7 @@ Test(registry, threads_churn_without_loss)
 Test(registry, fork_child_owns_nothing)
 {
     int a;
-    registry_add(&a, LC_KIND_PQ, 0, 0, 5, "a", NULL);
+    registry_add(&a, LC_KIND_PQ, 0, 0, 5, "a", NULL, NULL);
     pid_t pid = fork();
     if (pid == 0) {
         registry_atfork_child();
