@@ -37,9 +37,12 @@ struct lc_stack *stack_capture(int max_depth)
     if (max_depth > 64)
         max_depth = 64;
     int n = backtrace(raw, max_depth + LC_STACK_SLACK);
+    /* Start after the last of our own frames near the top: frames above them
+     * may belong to an interceptor (a sanitizer wraps backtrace itself). */
     int first = 0;
-    while (first < n && own_module(raw[first]))
-        first++;
+    for (int i = 0; i < n && i < LC_STACK_SLACK; i++)
+        if (own_module(raw[i]))
+            first = i + 1;
     int depth = n - first;
     if (depth > max_depth)
         depth = max_depth;
