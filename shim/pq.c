@@ -81,10 +81,14 @@ static void pq_refresh(PGconn *conn)
         runtime_on_connect(PQ(PQsslInUse)(conn));
 }
 
-/* While draining, a new connection fails as a bad conninfo would, without
- * touching the network. The option name says why. */
+/* While draining: in an exit drain a new connection fails as a bad conninfo
+ * would, without touching the network (the option name says why); in a
+ * signal drain the thread is parked, as for a query. */
 static PGconn *pq_refused(void)
 {
+    /* A signal drain parks the thread for good: failing would run the
+     * program's error path (log, retry, exit(1)) after a fatal signal. */
+    gate_wait();
     PGconn *(*real)(const char *) = PQ(PQconnectdb);
     if (real == NULL)
         return NULL;

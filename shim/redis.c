@@ -122,9 +122,11 @@ static void target_options(char *out, size_t size, const void *options)
     }
 }
 
-/* While draining, a new connection fails the way a missing server would. */
+/* While draining: an exit drain fails a new connection the way a missing
+ * server would; a signal drain parks the thread. */
 static redisContext *redis_refused(void)
 {
+    gate_wait(); /* a signal drain parks the thread for good, see pq_refused */
     redisContext *(*real)(const char *) = RD_HOOKED(redisConnectUnix);
     if (real == NULL)
         return NULL;
@@ -136,6 +138,7 @@ static redisContext *redis_refused(void)
 
 static redisAsyncContext *redis_async_refused(void)
 {
+    gate_wait();
     redisAsyncContext *(*real)(const char *) = RD_HOOKED(redisAsyncConnectUnix);
     if (real == NULL)
         return NULL;

@@ -1,0 +1,117 @@
+/* A "legacy service" as found in the wild: worker threads on libpq and
+ * hiredis, a long report query, transactions held open, Redis writes batched
+ * in the output buffer, a connection leak, and no shutdown code at all.
+ * lastcall's demo SIGTERMs it with and without lastcall. */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <hiredis/hiredis.h>
+#include <libpq-fe.h>
+
+static const char *audit_key;
+static int counter_fd = -1;
+
+static PGconn *db(void)
+{
+    PGconn *c = PQconnectdb("");
+    if (PQstatus(c) != CONNECTION_OK) {
+        fprintf(stderr, "legacy_service: %s", PQerrorMessage(c));
+        exit(1);
+    }
+    return c;
+}
+
+static void *report_worker(void *arg)
+{
+    (void)arg;
+    PGconn *c = db();
+    /* The nightly report: ten minutes of work for the server. */
+    PQclear(PQexec(c, "SELECT pg_sleep(600)"));
+    return NULL;
+}
+
+static void *order_worker(void *arg)
+{
+    (void)arg;
+    PGconn *c = db();
+    for (int i = 0;; i++) {
+        PQclear(PQexec(c, "BEGIN"));
+        PQclear(PQexec(c, "INSERT INTO orders (note) VALUES ('order')"));
+        usleep(200 * 1000); /* talking to a payment provider, transaction open */
+        PQclear(PQexec(c, "COMMIT"));
+        usleep(20 * 1000);
+    }
+    return NULL;
+}
+
+static void *audit_worker(void *arg)
+{
+    (void)arg;
+    redisContext *r = redisConnectUnix(getenv("LC_DEMO_REDIS_SOCK"));
+    if (r == NULL || r->err) {
+        fprintf(stderr, "legacy_service: redis connect failed\n");
+        exit(1);
+    }
+    for (long n = 1;; n++) {
+        redisAppendCommand(r, "RPUSH %s event-%ld", audit_key, n);
+        char buf[32];
+        int len = snprintf(buf, sizeof buf, "%ld\n", n);
+        if (pwrite(counter_fd, buf, (size_t)len, 0) < 0)
+            exit(1);
+        /* Batched: the buffer goes out every 25 events. */
+        if (n % 25 == 0) {
+            for (int i = 0; i < 25; i++) {
+                void *reply = NULL;
+                redisGetReply(r, &reply);
+                freeReplyObject(reply);
+            }
+        }
+        usleep(37 * 1000);
+    }
+    return NULL;
+}
+
+static PGconn *lookup(void)
+{
+    PGconn *c = db();
+    PQclear(PQexec(c, "SELECT count(*) FROM orders"));
+    return c;
+}
+
+static void *request_worker(void *arg)
+{
+    (void)arg;
+    for (int i = 0;; i++) {
+        PGconn *c = lookup();
+        if (i % 3 != 0 || i > 12)
+            PQfinish(c); /* the bug: one request in three forgets this */
+        usleep(150 * 1000);
+    }
+    return NULL;
+}
+
+int main(void)
+{
+    audit_key = getenv("LC_DEMO_AUDIT_KEY") ? getenv("LC_DEMO_AUDIT_KEY") : "audit";
+    const char *counter = getenv("LC_DEMO_COUNTER_FILE");
+    counter_fd = counter ? open(counter, O_WRONLY | O_CREAT | O_TRUNC, 0644) : -1;
+    if (counter_fd < 0) {
+        fprintf(stderr, "legacy_service: LC_DEMO_COUNTER_FILE unset or unwritable\n");
+        return 1;
+    }
+    pthread_t t;
+    pthread_create(&t, NULL, report_worker, NULL);
+    pthread_create(&t, NULL, order_worker, NULL);
+    pthread_create(&t, NULL, order_worker, NULL);
+    pthread_create(&t, NULL, audit_worker, NULL);
+    pthread_create(&t, NULL, request_worker, NULL);
+    printf("legacy_service: running\n");
+    fflush(stdout);
+    for (;;)
+        pause();
+}
