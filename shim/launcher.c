@@ -51,6 +51,32 @@ static int check_log(const char *v)
 {
     return config_parse_log_level(v) < 0 ? -1 : 0;
 }
+static int check_format(const char *v)
+{
+    return config_parse_format(v) < 0 ? -1 : 0;
+}
+static int check_bool(const char *v)
+{
+    return config_parse_bool(v) < 0 ? -1 : 0;
+}
+static int check_count(const char *v)
+{
+    long n;
+    return config_parse_count(v, &n);
+}
+static int check_depth(const char *v)
+{
+    long n;
+    return config_parse_count(v, &n) == 0 && n <= LC_MAX_STACK_DEPTH ? 0 : -1;
+}
+static int check_signal(const char *v)
+{
+    return config_signal_number(v) ? 0 : -1;
+}
+static int check_path(const char *v)
+{
+    return *v ? 0 : -1;
+}
 
 /* One table: the options, their variables and --help come from here. */
 static const struct setting settings[] = {
@@ -61,6 +87,21 @@ static const struct setting settings[] = {
     {"signals", "LASTCALL_SIGNALS", "LIST", "TERM,INT", "signals that start a drain (or none)",
      check_signals},
     {"log", "LASTCALL_LOG", "LEVEL", "warn", "off, warn, info or debug", check_log},
+    {"log-format", "LASTCALL_LOG_FORMAT", "FORMAT", "text", "text or json (one object a line)",
+     check_format},
+    {"log-file", "LASTCALL_LOG_FILE", "PATH", "stderr", "append log lines to PATH", check_path},
+    {"report", "LASTCALL_REPORT", "PATH", "none", "write a leak report at exit (%p: the pid)",
+     check_path},
+    {"report-format", "LASTCALL_REPORT_FORMAT", "FORMAT", "text", "text or json", check_format},
+    {"stacks", "LASTCALL_STACKS", "on|off", "auto",
+     "record opening stacks (on when a report or leak check is asked for)", check_bool},
+    {"stack-depth", "LASTCALL_STACK_DEPTH", "N", "16", "frames per stack, 1 to 64", check_depth},
+    {"leak-threshold", "LASTCALL_LEAK_THRESHOLD", "N", "off",
+     "warn once when more than N connections of a kind are live", check_count},
+    {"leak-age", "LASTCALL_LEAK_AGE", "DURATION", "off",
+     "warn about a connection idle this long", check_deadline},
+    {"status-signal", "LASTCALL_STATUS_SIGNAL", "SIGNAL", "off",
+     "log a status snapshot on this signal (e.g. USR2)", check_signal},
     {NULL, NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -78,18 +119,21 @@ static void usage(FILE *out)
     for (const struct setting *s = settings; s->option; s++) {
         char left[64];
         snprintf(left, sizeof left, "--%s %s", s->option, s->arg);
-        fprintf(out, "  %-24s %-20s default %-9s %s\n", left, s->var, s->def, s->help);
+        fprintf(out, "  %-27s %s (default %s)\n  %-27s %s\n", left, s->var, s->def, "", s->help);
     }
     fprintf(out,
-            "  %-24s %-20s %-17s %s\n"
-            "  -h, --help                 this text\n"
-            "  -V, --version              the version\n"
+            "  %-27s %s\n  %-27s %s\n"
+            "  -h, --help                  this text\n"
+            "  -V, --version               the version\n"
+            "\n"
+            "Environment only: LASTCALL_LIBRARY=PATH (absolute) overrides where this\n"
+            "launcher finds liblastcall.so. Setuid programs ignore every LASTCALL_* variable.\n"
             "\n"
             "lastcall doctor COMMAND tells whether lastcall will see COMMAND's connections.\n"
             "\n"
             "Exit status: COMMAND's own; 126 when it cannot be run (setuid/setgid targets\n"
             "are refused), 127 when it is not found, 2 for a bad option.\n",
-            "--disable", "LASTCALL_DISABLE", "", "preload, but do nothing");
+            "--disable", "LASTCALL_DISABLE=1", "", "preload, but do nothing");
 }
 
 /* Absolute path of the directory holding this executable. */
@@ -165,7 +209,7 @@ int main(int argc, char **argv)
         return doctor_run(argv[2], stdout);
     }
 
-    struct option longopts[16];
+    struct option longopts[32];
     int n = 0;
     for (const struct setting *s = settings; s->option; s++, n++)
         longopts[n] = (struct option){s->option, required_argument, NULL, 1000 + n};
