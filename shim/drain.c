@@ -38,11 +38,25 @@ static void sleep_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
+/* The handles threads are inside, refreshed once per round. */
+static void *inside[1024];
+static size_t n_inside;
+
+static void refresh_inside(void)
+{
+    n_inside = inflight_snapshot(inside, sizeof inside / sizeof inside[0]);
+}
+
+static int thread_inside(const struct work *w)
+{
+    return inflight_contains(inside, n_inside, w->e->handle);
+}
+
 /* Busy: a thread is inside the library with it, or (async API) the server is
  * still working on a query nobody waits for. */
 static int is_busy(struct work *w)
 {
-    if (inflight_is_busy(w->e->handle))
+    if (thread_inside(w))
         return 1;
     if (w->ops->server_busy && w->fd >= 0)
         return w->ops->server_busy(w->e, w->fd);
@@ -70,6 +84,7 @@ __attribute__((format(printf, 4, 5))) static void phase_event(const char *phase,
 
 static size_t count_busy(struct work *works, size_t n)
 {
+    refresh_inside();
     size_t busy = 0;
     for (size_t i = 0; i < n; i++)
         if (works[i].step != STEP_DONE && is_busy(&works[i]))
@@ -264,6 +279,7 @@ void drain_run(int mode, int64_t start_ms, struct lc_drain_result *result)
             sleep_ms(1);
     }
 
+    refresh_inside();
     /* Phase close: whatever is still in use is cut; the rest gets its
      * buffered output, the protocol's goodbye and a FIN, then we wait for the
      * server's EOF so no unread reply turns our close into a reset. */
@@ -271,7 +287,7 @@ void drain_run(int mode, int64_t start_ms, struct lc_drain_result *result)
         struct work *w = &works[i];
         if (w->step == STEP_DONE)
             continue;
-        if (inflight_is_busy(w->e->handle)) {
+        if (thread_inside(w)) {
             shutdown(w->fd, SHUT_RDWR);
             w->step = STEP_DONE;
             result->cut++;

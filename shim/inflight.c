@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "inflight.h"
 
+#include <errno.h>
 #include <linux/membarrier.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -9,16 +10,21 @@
 #include <unistd.h>
 
 #include "lc.h"
+#include "runtime.h"
+#include "symbols.h"
 
-__thread struct lc_slot *lc_tls_slot __attribute__((tls_model("initial-exec")));
+__thread void *lc_inflight __attribute__((tls_model("initial-exec")));
+unsigned lc_hook_flags = LC_FLAG_FENCE; /* until membarrier is known to work */
 int lc_gate_closed;
-int lc_need_fence = 1; /* until membarrier is known to work */
 
-static struct lc_slot *slots_head;
+/* Registered slots: the address of each live thread's lc_inflight. */
+struct slot_ref {
+    void **slot;
+    struct slot_ref *next;
+};
+static struct slot_ref *slots;
 static pthread_mutex_t slots_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_once_t key_once = PTHREAD_ONCE_INIT;
-static pthread_key_t slot_key;
-static int key_ok;
+static __thread int registered __attribute__((tls_model("initial-exec")));
 
 static pthread_mutex_t gate_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t gate_cond = PTHREAD_COND_INITIALIZER;
@@ -28,58 +34,120 @@ static int64_t gate_wait_until_ms;
 static pthread_t exiting_thread;
 static int exiting_thread_set;
 
-static void slot_release(void *p)
+static void set_flag(unsigned flag, int on)
 {
-    struct lc_slot *s = p;
-    __atomic_store_n(&s->handle, NULL, __ATOMIC_RELEASE);
-    __atomic_store_n(&s->in_use, 0, __ATOMIC_RELEASE);
+    if (on)
+        __atomic_or_fetch(&lc_hook_flags, flag, __ATOMIC_SEQ_CST);
+    else
+        __atomic_and_fetch(&lc_hook_flags, ~flag, __ATOMIC_SEQ_CST);
 }
 
-static void make_key(void)
+void inflight_register_thread(void)
 {
-    key_ok = pthread_key_create(&slot_key, slot_release) == 0;
-}
-
-struct lc_slot *inflight_slot_register(void)
-{
-    pthread_once(&key_once, make_key);
+    if (registered)
+        return;
+    struct slot_ref *r = malloc(sizeof *r);
+    if (r == NULL)
+        return;
+    r->slot = &lc_inflight;
     pthread_mutex_lock(&slots_lock);
-    struct lc_slot *s;
-    for (s = slots_head; s; s = s->next)
-        if (!__atomic_load_n(&s->in_use, __ATOMIC_ACQUIRE))
+    r->next = slots;
+    slots = r;
+    pthread_mutex_unlock(&slots_lock);
+    registered = 1;
+}
+
+static void unregister_thread(void)
+{
+    if (!registered)
+        return;
+    pthread_mutex_lock(&slots_lock);
+    for (struct slot_ref **p = &slots; *p; p = &(*p)->next) {
+        if ((*p)->slot == &lc_inflight) {
+            struct slot_ref *dead = *p;
+            *p = dead->next;
+            free(dead);
             break;
-    if (s == NULL) {
-        s = calloc(1, sizeof *s);
-        if (s) {
-            s->next = slots_head;
-            __atomic_store_n(&slots_head, s, __ATOMIC_RELEASE);
         }
     }
-    if (s) {
-        s->handle = NULL;
-        __atomic_store_n(&s->in_use, 1, __ATOMIC_RELEASE);
-        if (key_ok)
-            pthread_setspecific(slot_key, s);
-        lc_tls_slot = s;
-    }
     pthread_mutex_unlock(&slots_lock);
-    return s;
+    registered = 0;
 }
 
-int inflight_is_busy(const void *handle)
+size_t inflight_snapshot(void **out, size_t max)
 {
-    for (struct lc_slot *s = __atomic_load_n(&slots_head, __ATOMIC_ACQUIRE); s; s = s->next)
-        if (__atomic_load_n(&s->handle, __ATOMIC_ACQUIRE) == handle)
+    size_t n = 0;
+    pthread_mutex_lock(&slots_lock);
+    for (struct slot_ref *r = slots; r && n < max; r = r->next) {
+        void *h = __atomic_load_n(r->slot, __ATOMIC_ACQUIRE);
+        if (h)
+            out[n++] = h;
+    }
+    pthread_mutex_unlock(&slots_lock);
+    return n;
+}
+
+int inflight_contains(void *const *snap, size_t n, const void *handle)
+{
+    for (size_t i = 0; i < n; i++)
+        if (snap[i] == handle)
             return 1;
     return 0;
 }
 
+/* ---- threads: every thread's slot is registered as it starts ---- */
+
+struct start {
+    void *(*fn)(void *);
+    void *arg;
+};
+
+static void thread_cleanup(void *unused)
+{
+    (void)unused;
+    unregister_thread();
+}
+
+static void *thread_trampoline(void *p)
+{
+    struct start s = *(struct start *)p;
+    free(p);
+    inflight_register_thread();
+    void *ret;
+    /* Runs on return and on pthread_exit/cancel alike: the slot is gone with
+     * the thread, so it must leave the list first. */
+    pthread_cleanup_push(thread_cleanup, NULL);
+    ret = s.fn(s.arg);
+    pthread_cleanup_pop(1);
+    return ret;
+}
+
+LC_EXPORT int pthread_create(pthread_t *thread, const pthread_attr_t *attr,
+                             void *(*fn)(void *), void *arg)
+{
+    static void *cache;
+    int (*real)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *) =
+        (int (*)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *))sym_cached(
+            &cache, LC_LIB_LIBC, "pthread_create", (const void *)&pthread_create);
+    if (real == NULL)
+        return ENOSYS;
+    struct start *s = malloc(sizeof *s);
+    if (s == NULL)
+        return real(thread, attr, fn, arg); /* untracked, but the program goes on */
+    s->fn = fn;
+    s->arg = arg;
+    int r = real(thread, attr, thread_trampoline, s);
+    if (r != 0)
+        free(s);
+    return r;
+}
+
+/* ---- the asymmetric barrier ---- */
+
 void inflight_prepare_barrier(void)
 {
-    if (syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0)
-        __atomic_store_n(&lc_need_fence, 0, __ATOMIC_RELEASE);
-    else
-        __atomic_store_n(&lc_need_fence, 1, __ATOMIC_RELEASE);
+    int ok = syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+    set_flag(LC_FLAG_FENCE, !ok);
 }
 
 static void full_barrier_everywhere(void)
@@ -88,12 +156,49 @@ static void full_barrier_everywhere(void)
         return;
     if (syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) == 0)
         return;
-    /* No membarrier at all: hooks were told to fence (lc_need_fence) unless a
-     * registration in this very process worked; a short sleep lets any store
-     * still in a store buffer land. */
+    /* No membarrier at all: hooks fence themselves (LC_FLAG_FENCE); a short
+     * sleep lets any store still in a store buffer land. */
     struct timespec ts = {0, 2000000};
     nanosleep(&ts, NULL);
 }
+
+void inflight_set_touch(int on)
+{
+    set_flag(LC_FLAG_TOUCH, on);
+}
+
+/* ---- slow paths ---- */
+
+void inflight_slow_enter(void *prev, void *handle)
+{
+    unsigned flags = __atomic_load_n(&lc_hook_flags, __ATOMIC_RELAXED);
+    if (flags & LC_FLAG_FENCE) {
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        flags = __atomic_load_n(&lc_hook_flags, __ATOMIC_RELAXED);
+    }
+    if (prev != NULL)
+        return; /* nested: the outermost call decides */
+    if (flags & LC_FLAG_TOUCH)
+        runtime_touch(handle); /* a use counts from its start */
+    if (flags & LC_FLAG_GATE) {
+        __atomic_store_n(&lc_inflight, NULL, __ATOMIC_RELEASE);
+        gate_wait();
+        __atomic_store_n(&lc_inflight, handle, __ATOMIC_SEQ_CST);
+    }
+}
+
+void inflight_slow_leave(void *prev)
+{
+    unsigned flags = __atomic_load_n(&lc_hook_flags, __ATOMIC_ACQUIRE);
+    if (prev != NULL)
+        return; /* nested: the outermost call decides */
+    /* A call that was in flight when the drain began may finish, but its
+     * thread must not run on into the program's own code. */
+    if (flags & LC_FLAG_GATE)
+        gate_wait();
+}
+
+/* ---- the gate ---- */
 
 void gate_set_exiting_thread(void)
 {
@@ -111,6 +216,7 @@ void gate_close(int mode, int64_t wait_until_ms)
     gate_wait_until_ms = wait_until_ms;
     pthread_mutex_unlock(&gate_lock);
     __atomic_store_n(&lc_gate_closed, 1, __ATOMIC_SEQ_CST);
+    set_flag(LC_FLAG_GATE, 1);
     full_barrier_everywhere();
 }
 
@@ -155,16 +261,32 @@ void gate_wait(void)
     pthread_mutex_unlock(&gate_lock);
 }
 
+void inflight_atfork_prepare(void)
+{
+    pthread_mutex_lock(&slots_lock);
+}
+
+void inflight_atfork_parent(void)
+{
+    pthread_mutex_unlock(&slots_lock);
+}
+
 void inflight_atfork_child(void)
 {
-    /* Only the forking thread lives on in the child. */
-    struct lc_slot *mine = lc_tls_slot;
-    for (struct lc_slot *s = slots_head; s; s = s->next) {
-        if (s == mine)
-            continue;
-        s->handle = NULL;
-        s->in_use = 0;
+    /* Only the forking thread lives on in the child; the other slots are
+     * memory of threads that do not exist here. */
+    struct slot_ref *mine = NULL;
+    for (struct slot_ref *r = slots, *next; r; r = next) {
+        next = r->next;
+        if (r->slot == &lc_inflight)
+            mine = r;
+        else
+            free(r);
     }
+    slots = mine;
+    if (mine)
+        mine->next = NULL;
+    registered = mine != NULL;
     pthread_mutex_init(&slots_lock, NULL);
     pthread_mutex_init(&gate_lock, NULL);
     pthread_cond_init(&gate_cond, NULL);
@@ -173,5 +295,6 @@ void inflight_atfork_child(void)
     gate_done = 0;
     exiting_thread_set = 0;
     /* membarrier registration does not survive fork; fence until re-registered. */
-    __atomic_store_n(&lc_need_fence, 1, __ATOMIC_RELEASE);
+    set_flag(LC_FLAG_GATE, 0);
+    set_flag(LC_FLAG_FENCE, 1);
 }

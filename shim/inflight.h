@@ -1,73 +1,86 @@
 /* Which handle each thread is inside, and the gate that stops new work.
  *
- * The query path must cost a few nanoseconds: no lock, no hash lookup. Each
- * thread owns a slot (found through initial-exec TLS) holding the handle it is
- * inside. The drain closes the gate, then scans the slots. The classic
- * store-then-load race between the two sides is closed asymmetrically: hooks
- * use only a compiler barrier, and the drain issues membarrier(2), which
- * forces a full barrier on every running thread of the process. */
+ * The query path must cost a few nanoseconds: no lock, no hash lookup, no
+ * branch taken. Each thread's slot is a thread-local pointer (initial-exec
+ * TLS, one %fs-relative access); threads register its address when they start
+ * (pthread_create is interposed) so the drain can scan every slot. The
+ * store-then-load race between a hook (store slot, load gate) and the drain
+ * (store gate, load slots) is closed asymmetrically: hooks use only a compiler
+ * barrier, and the drain issues membarrier(2), a full barrier on every running
+ * thread. Everything rare (gate closed, no membarrier, leak-age tracking)
+ * hides behind one flags word, tested once on the way in and once out. */
 #ifndef LC_INFLIGHT_H
 #define LC_INFLIGHT_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-struct lc_slot {
-    void *handle;              /* the handle this thread is inside, or NULL */
-    struct lc_slot *next;      /* list of every slot ever made, never freed */
-    int in_use;                /* a live thread owns it */
+extern __thread void *lc_inflight __attribute__((tls_model("initial-exec")));
+
+enum {
+    LC_FLAG_GATE = 1,      /* a drain closed the gate */
+    LC_FLAG_FENCE = 2,     /* no membarrier: hooks fence themselves */
+    LC_FLAG_TOUCH = 4,     /* LASTCALL_LEAK_AGE: note each use */
 };
+extern unsigned lc_hook_flags;
 
-extern __thread struct lc_slot *lc_tls_slot __attribute__((tls_model("initial-exec")));
-extern int lc_gate_closed;     /* nonzero while a drain runs or after it */
-extern int lc_need_fence;      /* membarrier unavailable: hooks fence themselves */
-
-struct lc_slot *inflight_slot_register(void);
-/* The gate is closed: wait as the drain decides (see inflight.c). */
-void gate_wait(void);
-
-/* Returns 1 when this call is the outermost one on this thread (then pair it
- * with inflight_leave(s, 1)); 0 for a nested call (libpq calling itself). */
-static inline int inflight_enter(struct lc_slot **sp, void *handle)
+/* One relaxed load of lc_hook_flags. On x86-64 it is spelled as one RIP-relative
+ * instruction: left to itself GCC keeps the address in a callee-saved register
+ * across the real call, which costs a push, a pop and a lea on every hook
+ * (the benchmarks count instructions per call). */
+static inline unsigned lc_flags(void)
 {
-    struct lc_slot *s = lc_tls_slot;
-    if (__builtin_expect(s == NULL, 0))
-        s = inflight_slot_register();
-    *sp = s;
-    if (s == NULL || s->handle != NULL)
-        return 0;
-    __atomic_store_n(&s->handle, handle, __ATOMIC_RELAXED);
-    if (__builtin_expect(lc_need_fence, 0))
-        __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    else
-        __atomic_signal_fence(__ATOMIC_SEQ_CST);
-    if (__builtin_expect(__atomic_load_n(&lc_gate_closed, __ATOMIC_RELAXED), 0)) {
-        __atomic_store_n(&s->handle, NULL, __ATOMIC_RELEASE);
-        gate_wait();
-        __atomic_store_n(&s->handle, handle, __ATOMIC_SEQ_CST);
-    }
-    return 1;
+#if defined(__x86_64__) && defined(__PIC__)
+    unsigned v;
+    __asm__ volatile("movl lc_hook_flags(%%rip), %0" : "=r"(v));
+    return v;
+#else
+    return __atomic_load_n(&lc_hook_flags, __ATOMIC_RELAXED);
+#endif
 }
+extern int lc_gate_closed;     /* the gate alone, for the connect paths */
 
-extern int lc_touch_enabled;   /* LASTCALL_LEAK_AGE: note each use */
+void inflight_slow_enter(void *prev, void *handle);
+void inflight_slow_leave(void *prev);
+/* Implemented in runtime.c: LASTCALL_LEAK_AGE's "used now". */
 void runtime_touch(void *handle);
 
-static inline void inflight_leave(struct lc_slot *s, int outer)
+/* Marks this thread inside HANDLE for one call. Nested calls (libpq calling
+ * its own exports) save and restore the outer value; only the outermost call
+ * is ever parked by the gate. */
+#define INFLIGHT_ENTER(handle)                                                                 \
+    void *lc_prev_ = lc_inflight;                                                              \
+    __atomic_store_n(&lc_inflight, (void *)(handle), __ATOMIC_RELAXED);                        \
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);                                                   \
+    if (__builtin_expect(lc_flags() != 0, 0))           \
+        inflight_slow_enter(lc_prev_, (void *)(handle))
+
+#define INFLIGHT_LEAVE(handle)                                                                 \
+    __atomic_store_n(&lc_inflight, lc_prev_, __ATOMIC_RELEASE);                                \
+    if (__builtin_expect(lc_flags() != 0, 0))           \
+    inflight_slow_leave(lc_prev_)
+
+/* While a free call waits for the drain, it is not inside the library. */
+static inline void *inflight_suspend(void)
 {
-    if (!outer)
-        return;
-    void *handle = s->handle;
-    __atomic_store_n(&s->handle, NULL, __ATOMIC_RELEASE);
-    if (__builtin_expect(lc_touch_enabled, 0))
-        runtime_touch(handle);
-    /* A call that was in flight when the drain began may finish, but its
-     * thread must not run on into the program's own code. */
-    if (__builtin_expect(__atomic_load_n(&lc_gate_closed, __ATOMIC_ACQUIRE), 0))
-        gate_wait();
+    void *h = lc_inflight;
+    __atomic_store_n(&lc_inflight, NULL, __ATOMIC_RELEASE);
+    return h;
+}
+static inline void inflight_resume(void *h)
+{
+    __atomic_store_n(&lc_inflight, h, __ATOMIC_SEQ_CST);
 }
 
-/* Is any thread inside HANDLE right now? */
-int inflight_is_busy(const void *handle);
+/* The calling thread's slot joins the list the drain scans (idempotent). */
+void inflight_register_thread(void);
+
+/* Copies the handles threads are inside right now; returns how many. */
+size_t inflight_snapshot(void **out, size_t max);
+int inflight_contains(void *const *snap, size_t n, const void *handle);
+
+/* The gate wait: see inflight.c. */
+void gate_wait(void);
 
 /* Drain side. */
 enum lc_gate_mode { LC_GATE_EXIT = 1, LC_GATE_SIGNAL = 2 };
@@ -79,7 +92,10 @@ void gate_finish(void);
 void gate_set_exiting_thread(void);
 /* Ask the kernel for the asymmetric barrier; falls back to fenced hooks. */
 void inflight_prepare_barrier(void);
+void inflight_set_touch(int on);
 
+void inflight_atfork_prepare(void);
+void inflight_atfork_parent(void);
 void inflight_atfork_child(void);
 
 #endif

@@ -137,12 +137,11 @@ LC_EXPORT PostgresPollingStatusType PQconnectPoll(PGconn *conn)
         return PGRES_POLLING_FAILED;
     if (lc_depth > 0 || !lc_active())
         return real(conn);
-    struct lc_slot *s;
-    int outer = inflight_enter(&s, conn);
+    INFLIGHT_ENTER(conn);
     PostgresPollingStatusType r = real(conn);
     if (r == PGRES_POLLING_OK || r == PGRES_POLLING_FAILED)
         pq_refresh(conn);
-    inflight_leave(s, outer);
+    INFLIGHT_LEAVE(conn);
     return r;
 }
 
@@ -155,13 +154,12 @@ LC_EXPORT void PQreset(PGconn *conn)
         real(conn);
         return;
     }
-    struct lc_slot *s;
-    int outer = inflight_enter(&s, conn);
+    INFLIGHT_ENTER(conn);
     lc_depth++;
     real(conn);
     lc_depth--;
     pq_refresh(conn);
-    inflight_leave(s, outer);
+    INFLIGHT_LEAVE(conn);
 }
 
 #define PQ_RESET_HOOK(ret, name)                                                               \
@@ -172,13 +170,12 @@ LC_EXPORT void PQreset(PGconn *conn)
             return (ret)0;                                                                     \
         if (lc_depth > 0 || !lc_active() || conn == NULL)                                      \
             return real(conn);                                                                 \
-        struct lc_slot *s;                                                                     \
-        int outer = inflight_enter(&s, conn);                                                  \
+        INFLIGHT_ENTER(conn);                                                                  \
         lc_depth++;                                                                            \
         ret r = real(conn);                                                                    \
         lc_depth--;                                                                            \
         pq_refresh(conn);                                                                      \
-        inflight_leave(s, outer);                                                              \
+        INFLIGHT_LEAVE(conn);                                                                  \
         return r;                                                                              \
     }
 
@@ -195,15 +192,12 @@ LC_EXPORT void PQfinish(PGconn *conn)
         return;
     }
     lc_active();
-    struct lc_slot *s;
-    int outer = inflight_enter(&s, conn);
+    INFLIGHT_ENTER(conn);
     /* While the drain owns this connection we are not inside libpq: say so,
      * or the drain would wait for us while we wait for it. */
-    if (outer)
-        __atomic_store_n(&s->handle, NULL, __ATOMIC_RELEASE);
+    void *self = inflight_suspend();
     int tracked = registry_begin_free(conn, lc_now_ms() + lc_cfg.deadline_ms + 100);
-    if (outer)
-        __atomic_store_n(&s->handle, conn, __ATOMIC_SEQ_CST);
+    inflight_resume(self);
     lc_depth++;
     real(conn); /* after a drain the socket is shut down: this returns at once */
     lc_depth--;
@@ -212,23 +206,49 @@ LC_EXPORT void PQfinish(PGconn *conn)
         pq_free_cancel(registry_end_free(conn, &info));
         runtime_log_close(&info);
     }
-    inflight_leave(s, outer);
+    INFLIGHT_LEAVE(conn);
 }
 
 /* ---- query path: the gate and the per-thread in-flight slot ---- */
 
+/* The real function is reached through a pointer that starts at a resolver
+ * stub: the first call looks the symbol up and replaces the pointer, so the
+ * hot path has no "resolved yet?" branch. */
 #define PQ_QUERY_HOOK(ret, failval, name, params, args)                                        \
+    static ret resolve_##name params;                                                          \
+    static ret (*real_##name) params = resolve_##name;                                         \
+    static ret resolve_##name params                                                           \
+    {                                                                                          \
+        ret (*f) params = PQ_HOOKED(name);                                                     \
+        if (f == NULL)                                                                         \
+            return failval;                                                                    \
+        __atomic_store_n(&real_##name, f, __ATOMIC_RELEASE);                                   \
+        return f args;                                                                         \
+    }                                                                                          \
+    /* Anything rare (a drain, no membarrier, leak-age tracking). */                           \
+    static __attribute__((noinline, cold)) ret slow_##name params                              \
+    {                                                                                          \
+        INFLIGHT_ENTER(conn);                                                                  \
+        ret r = __atomic_load_n(&real_##name, __ATOMIC_RELAXED) args;                          \
+        INFLIGHT_LEAVE(conn);                                                                  \
+        return r;                                                                              \
+    }                                                                                          \
     LC_EXPORT ret name params                                                                  \
     {                                                                                          \
-        ret (*real) params = PQ_HOOKED(name);                                                         \
-        if (LC_UNLIKELY(real == NULL))                                                         \
-            return failval;                                                                    \
-        struct lc_slot *s;                                                                     \
-        int outer = inflight_enter(&s, conn);                                                  \
-        ret r = real args;                                                                     \
-        inflight_leave(s, outer);                                                              \
+        void *prev = lc_inflight;                                                              \
+        __atomic_store_n(&lc_inflight, (void *)conn, __ATOMIC_RELAXED);                        \
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);                                               \
+        if (LC_UNLIKELY(lc_flags())) {                  \
+            __atomic_store_n(&lc_inflight, prev, __ATOMIC_RELAXED);                            \
+            return slow_##name args;                                                           \
+        }                                                                                      \
+        ret r = __atomic_load_n(&real_##name, __ATOMIC_RELAXED) args;                          \
+        __atomic_store_n(&lc_inflight, prev, __ATOMIC_RELEASE);                                \
+        if (LC_UNLIKELY(lc_flags()))                    \
+            inflight_slow_leave(prev);                                                         \
         return r;                                                                              \
     }
+
 
 PQ_QUERY_HOOK(PGresult *, NULL, PQexec, (PGconn *conn, const char *query), (conn, query))
 PQ_QUERY_HOOK(PGresult *, NULL, PQexecParams,

@@ -211,13 +211,12 @@ LC_EXPORT int redisReconnect(redisContext *c)
         return REDIS_ERR;
     if (lc_depth > 0 || !lc_active() || c == NULL)
         return real(c);
-    struct lc_slot *s;
-    int outer = inflight_enter(&s, c);
+    INFLIGHT_ENTER(c);
     lc_depth++;
     int r = real(c);
     lc_depth--;
     registry_update(c, redis_context_err(c) != 0, redis_context_fd(c), NULL, NULL);
-    inflight_leave(s, outer);
+    INFLIGHT_LEAVE(c);
     return r;
 }
 
@@ -243,13 +242,10 @@ static int free_async(redisAsyncContext *ac)
 static int redis_free_tracked(void *ctx, int (*do_free)(void *))
 {
     lc_active();
-    struct lc_slot *s;
-    int outer = inflight_enter(&s, ctx);
-    if (outer)
-        __atomic_store_n(&s->handle, NULL, __ATOMIC_RELEASE);
+    INFLIGHT_ENTER(ctx);
+    void *self = inflight_suspend();
     int tracked = registry_begin_free(ctx, lc_now_ms() + lc_cfg.deadline_ms + 100);
-    if (outer)
-        __atomic_store_n(&s->handle, ctx, __ATOMIC_SEQ_CST);
+    inflight_resume(self);
     lc_depth++;
     int r = do_free(ctx);
     lc_depth--;
@@ -258,7 +254,7 @@ static int redis_free_tracked(void *ctx, int (*do_free)(void *))
         registry_end_free(ctx, &info);
         runtime_log_close(&info);
     }
-    inflight_leave(s, outer);
+    INFLIGHT_LEAVE(ctx);
     return r;
 }
 
@@ -298,18 +294,43 @@ LC_EXPORT void redisAsyncFree(redisAsyncContext *ac)
 
 /* ---- command path ---- */
 
+/* As in pq.c: the real function is reached through a pointer that starts at
+ * a resolver stub, so the hot path has no "resolved yet?" branch. */
 #define REDIS_CALL_HOOK(ret, failval, name, ctx, params, args)                                 \
+    static ret resolve_##name params;                                                          \
+    static ret (*real_##name) params = resolve_##name;                                         \
+    static ret resolve_##name params                                                           \
+    {                                                                                          \
+        ret (*f) params = RD_HOOKED(name);                                                     \
+        if (f == NULL)                                                                         \
+            return failval;                                                                    \
+        __atomic_store_n(&real_##name, f, __ATOMIC_RELEASE);                                   \
+        return f args;                                                                         \
+    }                                                                                          \
+    /* Anything rare (a drain, no membarrier, leak-age tracking). */                           \
+    static __attribute__((noinline, cold)) ret slow_##name params                              \
+    {                                                                                          \
+        INFLIGHT_ENTER(ctx);                                                                   \
+        ret r = __atomic_load_n(&real_##name, __ATOMIC_RELAXED) args;                          \
+        INFLIGHT_LEAVE(ctx);                                                                   \
+        return r;                                                                              \
+    }                                                                                          \
     LC_EXPORT ret name params                                                                  \
     {                                                                                          \
-        ret (*real) params = RD_HOOKED(name);                                                  \
-        if (LC_UNLIKELY(real == NULL))                                                         \
-            return failval;                                                                    \
-        struct lc_slot *s;                                                                     \
-        int outer = inflight_enter(&s, ctx);                                                   \
-        ret r = real args;                                                                     \
-        inflight_leave(s, outer);                                                              \
+        void *prev = lc_inflight;                                                              \
+        __atomic_store_n(&lc_inflight, (void *)ctx, __ATOMIC_RELAXED);                         \
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);                                               \
+        if (LC_UNLIKELY(lc_flags())) {                  \
+            __atomic_store_n(&lc_inflight, prev, __ATOMIC_RELAXED);                            \
+            return slow_##name args;                                                           \
+        }                                                                                      \
+        ret r = __atomic_load_n(&real_##name, __ATOMIC_RELAXED) args;                          \
+        __atomic_store_n(&lc_inflight, prev, __ATOMIC_RELEASE);                                \
+        if (LC_UNLIKELY(lc_flags()))                    \
+            inflight_slow_leave(prev);                                                         \
         return r;                                                                              \
     }
+
 
 #define REDIS_VOID_HOOK(name, ctx, params, args)                                               \
     LC_EXPORT void name params                                                                 \
@@ -317,10 +338,9 @@ LC_EXPORT void redisAsyncFree(redisAsyncContext *ac)
         void (*real) params = RD_HOOKED(name);                                                 \
         if (LC_UNLIKELY(real == NULL))                                                         \
             return;                                                                            \
-        struct lc_slot *s;                                                                     \
-        int outer = inflight_enter(&s, ctx);                                                   \
+        INFLIGHT_ENTER(ctx);                                                                   \
         real args;                                                                             \
-        inflight_leave(s, outer);                                                              \
+        INFLIGHT_LEAVE(ctx);                                                                   \
     }
 
 REDIS_CALL_HOOK(void *, NULL, redisvCommand, c, (redisContext *c, const char *format, va_list ap),
@@ -360,13 +380,12 @@ LC_EXPORT void *redisCommand(redisContext *c, const char *format, ...)
     void *(*real)(redisContext *, const char *, va_list) = RD(redisvCommand);
     if (LC_UNLIKELY(real == NULL))
         return NULL;
-    struct lc_slot *s;
-    int outer = inflight_enter(&s, c);
+    INFLIGHT_ENTER(c);
     va_list ap;
     va_start(ap, format);
     void *r = real(c, format, ap);
     va_end(ap);
-    inflight_leave(s, outer);
+    INFLIGHT_LEAVE(c);
     return r;
 }
 
@@ -375,13 +394,12 @@ LC_EXPORT int redisAppendCommand(redisContext *c, const char *format, ...)
     int (*real)(redisContext *, const char *, va_list) = RD(redisvAppendCommand);
     if (LC_UNLIKELY(real == NULL))
         return REDIS_ERR;
-    struct lc_slot *s;
-    int outer = inflight_enter(&s, c);
+    INFLIGHT_ENTER(c);
     va_list ap;
     va_start(ap, format);
     int r = real(c, format, ap);
     va_end(ap);
-    inflight_leave(s, outer);
+    INFLIGHT_LEAVE(c);
     return r;
 }
 
@@ -392,13 +410,12 @@ LC_EXPORT int redisAsyncCommand(redisAsyncContext *ac, redisCallbackFn *fn, void
         RD(redisvAsyncCommand);
     if (LC_UNLIKELY(real == NULL))
         return REDIS_ERR;
-    struct lc_slot *s;
-    int outer = inflight_enter(&s, ac);
+    INFLIGHT_ENTER(ac);
     va_list ap;
     va_start(ap, format);
     int r = real(ac, fn, privdata, format, ap);
     va_end(ap);
-    inflight_leave(s, outer);
+    INFLIGHT_LEAVE(ac);
     return r;
 }
 

@@ -352,6 +352,8 @@ void report_status(void)
     clock_gettime(CLOCK_REALTIME, &ts);
     now_real = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
     unsigned long live[2] = {0}, busy[2] = {0}, idle[2] = {0}, in_tx[2] = {0}, failed[2] = {0};
+    void *inside[1024];
+    size_t n_inside = inflight_snapshot(inside, 1024);
     int64_t oldest[2] = {0, 0};
     for (size_t i = 0; i < n; i++) {
         struct lc_entry *e = &entries[i];
@@ -359,7 +361,7 @@ void report_status(void)
         live[k]++;
         if (e->failed)
             failed[k]++;
-        else if (inflight_is_busy(e->handle))
+        else if (inflight_contains(inside, n_inside, e->handle))
             busy[k]++;
         else if (k == LC_KIND_PQ && lc_pq_ops.in_transaction && lc_pq_ops.in_transaction(e))
             in_tx[k]++;

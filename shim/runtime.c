@@ -22,7 +22,6 @@
 
 struct lc_config lc_cfg;
 int lc_initialized;
-int lc_touch_enabled;
 __thread int lc_depth __attribute__((tls_model("initial-exec")));
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
@@ -60,10 +59,12 @@ static void atfork_prepare(void)
 {
     pthread_mutex_lock(&runtime_lock);
     registry_atfork_prepare();
+    inflight_atfork_prepare();
 }
 
 static void atfork_parent(void)
 {
+    inflight_atfork_parent();
     registry_atfork_parent();
     pthread_mutex_unlock(&runtime_lock);
 }
@@ -93,7 +94,8 @@ static void do_init(void)
     if (!lc_cfg.disabled) {
         pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
         signals_install(&lc_cfg.signals, lc_cfg.status_signal);
-        lc_touch_enabled = lc_cfg.leak_age_ms > 0;
+        inflight_set_touch(lc_cfg.leak_age_ms > 0);
+        inflight_register_thread(); /* the main thread; pthread_create registers the rest */
     }
     __atomic_store_n(&lc_initialized, 1, __ATOMIC_RELEASE);
 }

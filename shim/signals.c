@@ -164,8 +164,7 @@ static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
         errno = saved_errno;
         return;
     }
-    struct lc_slot *s = lc_tls_slot;
-    if (s && __atomic_load_n(&s->handle, __ATOMIC_ACQUIRE)) {
+    if (__atomic_load_n(&lc_inflight, __ATOMIC_ACQUIRE)) {
         /* Interrupted inside libpq/hiredis: let the call go on; its hook
          * parks the thread when it returns. */
         errno = saved_errno;

@@ -1,0 +1,317 @@
+/* Benchmarks: `meson test -C build --benchmark`. Every figure is measured with
+ * and without lastcall in the same run, alternating, median of 5 or more, and
+ * printed with its goal. Nothing here fails on a missed goal: tests assert
+ * behaviour, benchmarks report speed. */
+#define _GNU_SOURCE
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+LC_TEST_MAIN
+
+#define CLIENT build_path("tests/bench/lc_bench_client")
+#define RUNS 5
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+static void figure(const char *name, const char *value, const char *goal, int met)
+{
+    printf("%-58s %-44s goal %-14s %s\n", name, value, goal, met ? "met" : "MISSED");
+    fflush(stdout);
+}
+
+/* ns per operation for one run of the client. */
+static double run_client(int preload, const char *const *env, const char *cmd, long n)
+{
+    char count[32];
+    snprintf(count, sizeof count, "%ld", n);
+    const char *argv[] = {CLIENT, cmd, count, NULL};
+    struct run_opts o = {.preload = preload, .env = env, .app = "bench"};
+    struct proc p;
+    int s = run(&o, argv, &p, 300000);
+    char *r = strstr(p.out, "result ");
+    if (!(WIFEXITED(s) && WEXITSTATUS(s) == 0) || r == NULL) {
+        fprintf(stderr, "bench %s failed: %s\n", cmd, p.err);
+        return -1;
+    }
+    return atof(r + 7) / (double)n;
+}
+
+/* Alternating with/without, RUNS each; prints medians and the ratio. */
+static void ratio(const char *name, const char *cmd, long n, const char *const *env_with,
+                  double goal)
+{
+    double with[RUNS], without[RUNS];
+    run_client(0, NULL, cmd, n / 5); /* warm up caches and the server */
+    for (int i = 0; i < RUNS; i++) {
+        if (i % 2) {
+            with[i] = run_client(1, env_with, cmd, n);
+            without[i] = run_client(0, NULL, cmd, n);
+        } else {
+            without[i] = run_client(0, NULL, cmd, n);
+            with[i] = run_client(1, env_with, cmd, n);
+        }
+    }
+    double mw = median(with, RUNS), mo = median(without, RUNS);
+    char value[160], g[32];
+    snprintf(value, sizeof value, "%.2f us/op vs %.2f us/op: ratio %.3f", mw / 1000, mo / 1000,
+             mw / mo);
+    snprintf(g, sizeof g, "<= %.2f", goal);
+    figure(name, value, g, mw / mo <= goal);
+}
+
+Test(bench, round_trips_and_pipelines)
+{
+    printf("\nlastcall benchmarks (with lastcall vs without, median of %d alternating runs)\n",
+           RUNS);
+    ratio("PQexec SELECT 1 round trip", "pq-roundtrip", 4000, NULL, 1.01);
+    ratio("redisCommand PING round trip", "redis-roundtrip", 10000, NULL, 1.01);
+    ratio("pipelined Redis (append N, then N replies)", "redis-pipeline", 100000, NULL, 1.01);
+}
+
+static long callgrind_instructions(int preload, long n)
+{
+    char out[128];
+    snprintf(out, sizeof out, "/tmp/lastcall-callgrind.%d", (int)getpid());
+    char file_arg[160], count[32];
+    snprintf(file_arg, sizeof file_arg, "--callgrind-out-file=%s", out);
+    snprintf(count, sizeof count, "%ld", n);
+    const char *argv[] = {"valgrind", "--tool=callgrind", file_arg, CLIENT, "isbusy", count, NULL};
+    struct run_opts o = {.preload = preload, .app = "bench_callgrind"};
+    struct proc p;
+    int s = run(&o, argv, &p, 300000);
+    unlink(out);
+    char *c = strstr(p.err, "Collected : ");
+    if (s == -1 || c == NULL) {
+        fprintf(stderr, "callgrind failed: %s\n", p.err);
+        return -1;
+    }
+    return atol(c + 12);
+}
+
+Test(bench, instructions_per_intercepted_call)
+{
+    const long n1 = 10000, n2 = 110000;
+    long w1 = callgrind_instructions(1, n1), w2 = callgrind_instructions(1, n2);
+    long o1 = callgrind_instructions(0, n1), o2 = callgrind_instructions(0, n2);
+    if (w1 < 0 || w2 < 0 || o1 < 0 || o2 < 0) {
+        figure("instructions added per intercepted call (callgrind)", "valgrind unavailable",
+               "<= 20", 0);
+        return;
+    }
+    double with = (double)(w2 - w1) / (double)(n2 - n1);
+    double without = (double)(o2 - o1) / (double)(n2 - n1);
+    char value[160];
+    snprintf(value, sizeof value, "%.1f added (PQisBusy: %.1f vs %.1f instr)", with - without,
+             with, without);
+    figure("instructions added per intercepted call (callgrind)", value, "<= 20",
+           with - without <= 20.0);
+}
+
+Test(bench, connect_close_cycles)
+{
+    const char *stacks_on[] = {"LASTCALL_STACKS=on", NULL};
+    ratio("PostgreSQL connect/close, stacks off", "pq-connect", 200, NULL, 1.01);
+    ratio("Redis connect/close, stacks off", "redis-connect", 4000, NULL, 1.01);
+    ratio("PostgreSQL connect/close, stacks on", "pq-connect", 200, stacks_on, 1.01);
+    ratio("Redis connect/close, stacks on", "redis-connect", 4000, stacks_on, 1.3);
+}
+
+static double pgbench_tps(int preload)
+{
+    const char *argv[] = {"pgbench", "-n", "-S", "-c", "8", "-j", "2", "-T", "3", NULL};
+    struct run_opts o = {.preload = preload, .app = "bench_pgbench"};
+    struct proc p;
+    int s = run(&o, argv, &p, 60000);
+    char *t = strstr(p.out, "tps = ");
+    if (!(WIFEXITED(s) && WEXITSTATUS(s) == 0) || t == NULL) {
+        fprintf(stderr, "pgbench failed: %s %s\n", p.out, p.err);
+        return -1;
+    }
+    return atof(t + 6);
+}
+
+Test(bench, pgbench_select_only)
+{
+    const char *init[] = {"pgbench", "-i", "-q", "-s", "1", NULL};
+    struct run_opts o = {.app = "bench_init"};
+    struct proc p;
+    run(&o, init, &p, 60000);
+    double with[RUNS], without[RUNS];
+    for (int i = 0; i < RUNS; i++) {
+        without[i] = pgbench_tps(0);
+        with[i] = pgbench_tps(1);
+    }
+    double mw = median(with, RUNS), mo = median(without, RUNS);
+    char value[160];
+    snprintf(value, sizeof value, "%.0f tps vs %.0f tps: ratio %.3f", mw, mo, mw / mo);
+    figure("pgbench -S -c 8 -j 2 (TPS)", value, ">= 0.99", mw / mo >= 0.99);
+}
+
+/* Median wall time and peak RSS of /bin/true, 200 runs a batch. */
+static void true_batch(int preload, double *us, long *rss_kib)
+{
+    const int per_batch = 200;
+    int64_t t0 = now_us();
+    long rss = 0;
+    for (int i = 0; i < per_batch; i++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            if (preload)
+                setenv("LD_PRELOAD", shim_path(), 1);
+            else
+                unsetenv("LD_PRELOAD");
+            execl("/bin/true", "true", (char *)NULL);
+            _exit(127);
+        }
+        int status;
+        struct rusage ru;
+        wait4(pid, &status, 0, &ru);
+        if (ru.ru_maxrss > rss)
+            rss = ru.ru_maxrss;
+    }
+    *us = (double)(now_us() - t0) / per_batch;
+    *rss_kib = rss;
+}
+
+Test(bench, process_using_neither_library)
+{
+    double with[RUNS * 2], without[RUNS * 2];
+    long rss_with = 0, rss_without = 0, r;
+    for (int i = 0; i < RUNS * 2; i++) {
+        true_batch(0, &without[i], &r);
+        rss_without = r > rss_without ? r : rss_without;
+        true_batch(1, &with[i], &r);
+        rss_with = r > rss_with ? r : rss_with;
+    }
+    double mw = median(with, RUNS * 2), mo = median(without, RUNS * 2);
+    char value[160];
+    snprintf(value, sizeof value, "%.0f us vs %.0f us: %+.0f us", mw, mo, mw - mo);
+    figure("/bin/true under lastcall: time added", value, "<= 100 us", mw - mo <= 100);
+    snprintf(value, sizeof value, "%ld KiB vs %ld KiB: %+ld KiB", rss_with, rss_without,
+             rss_with - rss_without);
+    figure("/bin/true under lastcall: peak RSS added", value, "<= 200 KiB",
+           rss_with - rss_without <= 200);
+}
+
+/* Starts the client holding connections; returns ms from SIGTERM to exit. */
+static double signal_to_exit(int preload, const char *const *env, const char *cmd, const char *a,
+                             const char *b, const char *app)
+{
+    const char *argv[] = {CLIENT, cmd, a, b, NULL};
+    struct run_opts o = {.preload = preload, .env = env, .app = app};
+    struct proc p;
+    proc_start(&p, &o, argv);
+    if (proc_wait_for(&p, "ready", 120000) != 0) {
+        fprintf(stderr, "%s did not get ready: %s\n", cmd, p.err);
+        kill(p.pid, SIGKILL);
+        proc_wait(&p, 10000, NULL);
+        return -1;
+    }
+    sleep_ms(300);
+    int64_t t0 = now_us();
+    kill(p.pid, SIGTERM);
+    proc_wait(&p, 60000, NULL);
+    return (double)(now_us() - t0) / 1000.0;
+}
+
+static void kill_app(const char *app)
+{
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+             "WHERE application_name = '%s'", app);
+    pg_scalar(sql);
+    pg_wait_backends_gone(app, 10000);
+}
+
+Test(bench, drain_of_many_idle_connections)
+{
+    double with[RUNS], without[RUNS];
+    for (int i = 0; i < RUNS; i++) {
+        without[i] = signal_to_exit(0, NULL, "hold", "200", "2000", "bench_hold_without");
+        kill_app("bench_hold_without");
+        with[i] = signal_to_exit(1, NULL, "hold", "200", "2000", "bench_hold_with");
+        pg_wait_backends_gone("bench_hold_with", 10000);
+    }
+    double mw = median(with, RUNS), mo = median(without, RUNS);
+    char value[160];
+    snprintf(value, sizeof value, "%.1f ms (plain kill, no drain: %.1f ms)", mw, mo);
+    figure("drain 200 PostgreSQL + 2000 Redis idle, signal to exit", value, "<= 50 ms", mw <= 50);
+}
+
+Test(bench, inflight_queries_cancelled_after_grace)
+{
+    double gone_after[RUNS];
+    for (int i = 0; i < RUNS; i++) {
+        const char *env[] = {"LASTCALL_GRACE=1s", "LASTCALL_DEADLINE=10s", NULL};
+        const char *argv[] = {CLIENT, "inflight", "100", NULL};
+        struct run_opts o = {.preload = 1, .env = env, .app = "bench_inflight"};
+        struct proc p;
+        proc_start(&p, &o, argv);
+        proc_wait_for(&p, "ready", 60000);
+        sleep_ms(500);
+        int64_t t0 = now_us();
+        kill(p.pid, SIGTERM);
+        while (pg_backends("bench_inflight") > 0 && now_us() - t0 < 10000000)
+            sleep_ms(2);
+        gone_after[i] = (double)(now_us() - t0) / 1000.0 - 1000.0;
+        proc_wait(&p, 20000, NULL);
+    }
+    double m = median(gone_after, RUNS);
+    char value[160];
+    snprintf(value, sizeof value, "%.1f ms after the grace period", m);
+    figure("100 in-flight queries cancelled: all backends gone", value, "<= 100 ms", m <= 100);
+}
+
+static void stop_all_servers(const char *sig)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             "pm=$(head -1 '%s/postmaster.pid'); pkill -%s -P $pm; kill -%s $pm; "
+             "kill -%s $(cat '%s')",
+             getenv("LC_TEST_PG_DATA"), sig, sig, sig, getenv("LC_TEST_REDIS_PIDFILE"));
+    if (system(cmd) != 0)
+        fprintf(stderr, "signalling the servers failed\n");
+}
+
+Test(bench, deadline_with_every_server_stalled)
+{
+    double with[RUNS];
+    for (int i = 0; i < RUNS; i++) {
+        const char *env[] = {"LASTCALL_DEADLINE=1s", NULL};
+        const char *argv[] = {CLIENT, "hold", "20", "20", NULL};
+        struct run_opts o = {.preload = 1, .env = env, .app = "bench_stalled"};
+        struct proc p;
+        proc_start(&p, &o, argv);
+        proc_wait_for(&p, "ready", 60000);
+        stop_all_servers("STOP");
+        int64_t t0 = now_us();
+        kill(p.pid, SIGTERM);
+        proc_wait(&p, 20000, NULL);
+        with[i] = (double)(now_us() - t0) / 1000.0;
+        stop_all_servers("CONT");
+        pg_wait_backends_gone("bench_stalled", 10000);
+    }
+    double m = median(with, RUNS);
+    char value[160];
+    snprintf(value, sizeof value, "exit after %.1f ms with a 1000 ms deadline", m);
+    figure("every server stalled (SIGSTOP)", value, "<= +50 ms", m <= 1050);
+}
