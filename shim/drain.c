@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -18,7 +20,7 @@
 #include "log.h"
 #include "runtime.h"
 
-enum step { STEP_CUT, STEP_FLUSH, STEP_AWAIT_EOF, STEP_DONE };
+enum step { STEP_CUT, STEP_CLOSING, STEP_FLUSH, STEP_AWAIT_EOF, STEP_AWAIT_CONSUMED, STEP_DONE };
 
 struct work {
     struct lc_entry *e;
@@ -145,15 +147,80 @@ static void start_cancels(struct lc_entry **entries, size_t count)
         cancel_worker(job); /* no thread to be had: cancel inline */
 }
 
-static void set_nonblocking(int fd)
+/* Reads and drops whatever the server sent; returns 1 at EOF or error. */
+static int discard_input(int fd)
 {
-    int fl = fcntl(fd, F_GETFL);
-    if (fl >= 0 && !(fl & O_NONBLOCK))
-        fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+    char buf[4096];
+    ssize_t got;
+    do
+        got = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    while (got > 0);
+    return got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
 }
 
-/* Waits until every work item in STEP has moved on, or until_ms. Each round
- * polls the sockets (POLLOUT for flushes, POLLIN for the peer's EOF). */
+/* Bytes we sent that the peer has not consumed (unix) or acknowledged (TCP). */
+static int unsent_bytes(int fd)
+{
+    int n = 0;
+    return ioctl(fd, SIOCOUTQ, &n) == 0 ? n : 0;
+}
+
+static int is_unix_socket(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    return getsockname(fd, (struct sockaddr *)&ss, &len) == 0 && ss.ss_family == AF_UNIX;
+}
+
+/* Everything is flushed: say goodbye and decide whether to wait.
+ *
+ * Closing a socket with unread input makes the kernel reset it, and a reset
+ * makes Redis drop a client mid-pipeline, so Redis connections we just wrote
+ * to wait until the server has taken what we sent: on a unix socket until
+ * nothing of ours is left unread (SIOCOUTQ), over TCP until the server's EOF
+ * (acknowledged is not yet read). PostgreSQL gets its 5-byte Terminate and
+ * needs no wait: the backend reads it after our FIN as well as before. */
+static void goodbye(struct work *w, int wrote)
+{
+    if (w->ops->terminate)
+        w->ops->terminate(w->e, w->fd);
+    shutdown(w->fd, SHUT_WR);
+    if (w->e->kind == LC_KIND_PQ || !wrote)
+        w->step = STEP_DONE;
+    else if (is_unix_socket(w->fd))
+        w->step = unsent_bytes(w->fd) > 0 ? STEP_AWAIT_CONSUMED : STEP_DONE;
+    else
+        w->step = STEP_AWAIT_EOF;
+}
+
+/* Applies a flush result; WROTE_BEFORE says an earlier round wrote. */
+static void after_flush(struct work *w, int f)
+{
+    if (f == LC_FLUSH_GIVE_UP)
+        w->step = STEP_CUT;
+    else if (f == LC_FLUSH_MORE)
+        w->step = STEP_FLUSH;
+    else
+        goodbye(w, f == LC_FLUSH_WROTE || w->step == STEP_FLUSH);
+}
+
+static void discard_pending_input(struct work *works, size_t n)
+{
+    struct pollfd *fds = calloc(n ? n : 1, sizeof *fds);
+    if (fds == NULL)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        fds[i].fd = works[i].fd; /* negative fds are ignored by poll */
+        fds[i].events = POLLIN;
+    }
+    if (poll(fds, n, 0) > 0)
+        for (size_t i = 0; i < n; i++)
+            if (fds[i].revents & POLLIN)
+                discard_input(works[i].fd);
+    free(fds);
+}
+
+/* Waits until every work item in a waiting step has moved on, or until_ms. */
 static void run_step(struct work *works, size_t n, int step, int64_t until_ms)
 {
     struct pollfd *fds = calloc(n ? n : 1, sizeof *fds);
@@ -165,9 +232,18 @@ static void run_step(struct work *works, size_t n, int step, int64_t until_ms)
     }
     for (;;) {
         size_t m = 0;
+        int consumed_pending = 0;
         for (size_t i = 0; i < n; i++) {
-            if (works[i].step != step)
+            int s = works[i].step;
+            if (step == STEP_FLUSH ? s != STEP_FLUSH : (s != STEP_AWAIT_EOF && s != STEP_AWAIT_CONSUMED))
                 continue;
+            if (s == STEP_AWAIT_CONSUMED) {
+                if (discard_input(works[i].fd) || unsent_bytes(works[i].fd) == 0) {
+                    works[i].step = STEP_DONE;
+                    continue;
+                }
+                consumed_pending = 1;
+            }
             fds[m].fd = works[i].fd;
             fds[m].events = step == STEP_FLUSH ? POLLOUT : POLLIN;
             fds[m].revents = 0;
@@ -176,7 +252,9 @@ static void run_step(struct work *works, size_t n, int step, int64_t until_ms)
         int64_t left = until_ms - lc_now_ms();
         if (m == 0 || left <= 0)
             break;
-        int r = poll(fds, m, (int)(left > 50 ? 50 : left));
+        /* SIOCOUTQ draining raises no event: look again every millisecond. */
+        int wait = consumed_pending ? 1 : (left > 50 ? 50 : (int)left);
+        int r = poll(fds, m, wait);
         if (r < 0 && errno != EINTR)
             break;
         for (size_t k = 0; k < m; k++) {
@@ -184,25 +262,9 @@ static void run_step(struct work *works, size_t n, int step, int64_t until_ms)
                 continue;
             struct work *w = &works[idx[k]];
             if (step == STEP_FLUSH) {
-                int f = w->ops->flush(w->e, w->fd);
-                if (f == 0)
-                    w->step = STEP_AWAIT_EOF;
-                else if (f < 0)
-                    w->step = STEP_CUT;
-                if (w->step == STEP_AWAIT_EOF) {
-                    if (w->ops->terminate)
-                        w->ops->terminate(w->e, w->fd);
-                    shutdown(w->fd, SHUT_WR);
-                }
-            } else {
-                char buf[4096];
-                ssize_t got;
-                do
-                    got = recv(w->fd, buf, sizeof buf, MSG_DONTWAIT);
-                while (got > 0);
-                if (got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK &&
-                                 errno != EINTR))
-                    w->step = STEP_DONE;
+                after_flush(w, w->ops->flush(w->e, w->fd));
+            } else if (discard_input(w->fd)) {
+                w->step = STEP_DONE;
             }
         }
     }
@@ -281,8 +343,8 @@ void drain_run(int mode, int64_t start_ms, struct lc_drain_result *result)
 
     refresh_inside();
     /* Phase close: whatever is still in use is cut; the rest gets its
-     * buffered output, the protocol's goodbye and a FIN, then we wait for the
-     * server's EOF so no unread reply turns our close into a reset. */
+     * buffered output, the protocol's goodbye and a FIN (goodbye() says when
+     * we must then wait for the server to take what we sent). */
     for (size_t i = 0; i < n; i++) {
         struct work *w = &works[i];
         if (w->step == STEP_DONE)
@@ -293,23 +355,18 @@ void drain_run(int mode, int64_t start_ms, struct lc_drain_result *result)
             result->cut++;
             continue;
         }
-        set_nonblocking(w->fd);
-        int f = w->ops->flush(w->e, w->fd);
-        if (f < 0) {
-            w->step = STEP_CUT;
-        } else if (f == 0) {
-            if (w->ops->terminate)
-                w->ops->terminate(w->e, w->fd);
-            shutdown(w->fd, SHUT_WR);
-            w->step = STEP_AWAIT_EOF;
-        }
+        w->step = STEP_CLOSING;
+        after_flush(w, w->ops->flush(w->e, w->fd));
     }
     run_step(works, n, STEP_FLUSH, deadline - reserve / 2);
     run_step(works, n, STEP_AWAIT_EOF, deadline);
 
+    /* Unread input at close time would turn the close into a reset: one poll
+     * finds the sockets holding some. What did not finish is shut down. */
+    discard_pending_input(works, n);
     for (size_t i = 0; i < n; i++) {
         struct work *w = &works[i];
-        if (w->fd >= 0)
+        if (w->fd >= 0 && w->step != STEP_DONE)
             shutdown(w->fd, SHUT_RDWR);
         if (w->step == STEP_FLUSH || w->step == STEP_CUT)
             result->cut++;

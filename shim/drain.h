@@ -16,12 +16,19 @@ struct lc_kind_ops {
     /* Ask the server to stop the running query. May block: runs on a helper
      * thread, bounded by the deadline. NULL: cut instead (shutdown). */
     void (*cancel)(struct lc_entry *e);
-    /* Write what the program buffered: 0 done, 1 more to write, -1 give up. */
+    /* Write what the program buffered: LC_FLUSH_* below. */
     int (*flush)(struct lc_entry *e, int fd);
     /* Say goodbye in the protocol (PostgreSQL Terminate). May be NULL. */
     void (*terminate)(struct lc_entry *e, int fd);
     /* Idle inside a transaction (for status snapshots). May be NULL. */
     int (*in_transaction)(struct lc_entry *e);
+};
+
+enum {
+    LC_FLUSH_GIVE_UP = -1,   /* the connection is broken: cut it */
+    LC_FLUSH_NOTHING = 0,    /* nothing was buffered */
+    LC_FLUSH_MORE = 1,       /* some is still buffered: wait for the socket */
+    LC_FLUSH_WROTE = 2,      /* all written now: the server has yet to read it */
 };
 
 extern const struct lc_kind_ops lc_pq_ops;

@@ -25,6 +25,13 @@ struct slot_ref {
 static struct slot_ref *slots;
 static pthread_mutex_t slots_lock = PTHREAD_MUTEX_INITIALIZER;
 static __thread int registered __attribute__((tls_model("initial-exec")));
+static struct slot_ref first; /* the first registered thread's entry, never freed */
+static int first_used;
+
+static struct slot_ref *static_ref(void)
+{
+    return &first;
+}
 
 static pthread_mutex_t gate_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t gate_cond = PTHREAD_COND_INITIALIZER;
@@ -44,9 +51,13 @@ static void set_flag(unsigned flag, int on)
 
 void inflight_register_thread(void)
 {
+    /* The first thread (main, from our constructor) uses a static entry: a
+     * process that never mallocs (a shell builtin, /bin/true) must not start
+     * the allocator on our account. */
     if (registered)
         return;
-    struct slot_ref *r = malloc(sizeof *r);
+    struct slot_ref *r = __atomic_exchange_n(&first_used, 1, __ATOMIC_ACQ_REL) ? malloc(sizeof *r)
+                                                                                : &first;
     if (r == NULL)
         return;
     r->slot = &lc_inflight;
@@ -55,6 +66,12 @@ void inflight_register_thread(void)
     slots = r;
     pthread_mutex_unlock(&slots_lock);
     registered = 1;
+}
+
+static void free_ref(struct slot_ref *r)
+{
+    if (r != static_ref())
+        free(r);
 }
 
 static void unregister_thread(void)
@@ -66,7 +83,7 @@ static void unregister_thread(void)
         if ((*p)->slot == &lc_inflight) {
             struct slot_ref *dead = *p;
             *p = dead->next;
-            free(dead);
+            free_ref(dead);
             break;
         }
     }
@@ -281,7 +298,7 @@ void inflight_atfork_child(void)
         if (r->slot == &lc_inflight)
             mine = r;
         else
-            free(r);
+            free_ref(r);
     }
     slots = mine;
     if (mine)

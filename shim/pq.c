@@ -2,6 +2,7 @@
  * and in-flight tracking), and how a PostgreSQL connection is closed. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
@@ -338,15 +339,15 @@ static int pq_flush(struct lc_entry *e, int fd)
 {
     PGconn *conn = e->handle;
     if (fd < 0 || PQ(PQstatus) == NULL || PQ(PQstatus)(conn) != CONNECTION_OK)
-        return -1;
+        return LC_FLUSH_GIVE_UP;
     /* Blocking-mode libpq flushes before every call returns; only a
      * non-blocking connection can hold queued output here. Its PQflush never
-     * blocks. */
+     * blocks. Nothing waits on what it wrote: Terminate follows it. */
     if (PQ(PQisnonblocking) && PQ(PQisnonblocking)(conn) && PQ(PQflush)) {
         int r = PQ(PQflush)(conn);
-        return r == 0 ? 0 : (r > 0 ? 1 : -1);
+        return r == 0 ? LC_FLUSH_NOTHING : (r > 0 ? LC_FLUSH_MORE : LC_FLUSH_GIVE_UP);
     }
-    return 0;
+    return LC_FLUSH_NOTHING;
 }
 
 typedef int (*ssl_write_fn)(void *ssl, const void *buf, int num);
@@ -363,7 +364,10 @@ static void pq_terminate(struct lc_entry *e, int fd)
             (ssl_write_fn)sym_cached(&ssl_write_cache, LC_LIB_SSL, "SSL_write", NULL);
         void *ssl = PQ(PQsslStruct) ? PQ(PQsslStruct)(conn, "OpenSSL") : NULL;
         if (ssl_write && ssl) {
-            /* The socket is non-blocking by now (drain_run), so this cannot hang. */
+            /* Non-blocking, so a full socket cannot hang us. */
+            int fl = fcntl(fd, F_GETFL);
+            if (fl >= 0 && !(fl & O_NONBLOCK))
+                fcntl(fd, F_SETFL, fl | O_NONBLOCK);
             ssl_write(ssl, terminate_msg, (int)sizeof terminate_msg);
         }
         return;

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,7 +25,9 @@ struct lc_config lc_cfg;
 int lc_initialized;
 __thread int lc_depth __attribute__((tls_model("initial-exec")));
 
-static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+/* 0: not started, 1: running, 2: done. Not pthread_once: it issues a futex
+ * wake even uncontended, a syscall in every process that loads us. */
+static int init_state;
 
 /* Per-process drain machinery; rebuilt lazily in a fork child. */
 static pthread_mutex_t runtime_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -102,7 +105,18 @@ static void do_init(void)
 
 void runtime_init(void)
 {
-    pthread_once(&init_once, do_init);
+    int expected = 0;
+    if (__atomic_compare_exchange_n(&init_state, &expected, 1, 0, __ATOMIC_ACQ_REL,
+                                    __ATOMIC_ACQUIRE)) {
+        do_init();
+        __atomic_store_n(&init_state, 2, __ATOMIC_RELEASE);
+        return;
+    }
+    /* Another thread is initialising (a hook called from another library's
+     * constructor thread): wait for it. Our own init calls no hook, so this
+     * thread cannot be the one running it. */
+    while (__atomic_load_n(&init_state, __ATOMIC_ACQUIRE) != 2)
+        sched_yield();
 }
 
 __attribute__((constructor)) static void lastcall_constructor(void)

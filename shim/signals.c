@@ -12,9 +12,9 @@
 #include "runtime.h"
 #include "symbols.h"
 
-typedef int (*sigaction_fn)(int, const struct sigaction *, struct sigaction *);
-
-static sigaction_fn real_sigaction_fn;
+/* glibc's own name for the real sigaction: calling it directly spares every
+ * process (a shell, /bin/true) a dlsym at start-up. */
+extern int __sigaction(int sig, const struct sigaction *act, struct sigaction *oldact);
 static int managed[NSIG];
 static int status_sig;
 /* What the program believes each managed signal's disposition is. */
@@ -22,16 +22,7 @@ static struct sigaction virtual_act[NSIG];
 
 static int real_sigaction(int sig, const struct sigaction *act, struct sigaction *old)
 {
-    sigaction_fn f = __atomic_load_n(&real_sigaction_fn, __ATOMIC_ACQUIRE);
-    if (f == NULL) {
-        f = (sigaction_fn)sym_lookup(LC_LIB_LIBC, "sigaction", (const void *)&sigaction);
-        if (f == NULL) {
-            errno = ENOSYS;
-            return -1;
-        }
-        __atomic_store_n(&real_sigaction_fn, f, __ATOMIC_RELEASE);
-    }
-    return f(sig, act, old);
+    return __sigaction(sig, act, old);
 }
 
 static void lc_signal_handler(int sig, siginfo_t *info, void *uctx);
@@ -63,13 +54,20 @@ static int apply(int sig)
 void signals_install(const sigset_t *set, int status_signal)
 {
     status_sig = status_signal;
+    struct sigaction ours;
+    memset(&ours, 0, sizeof ours);
+    ours.sa_sigaction = lc_signal_handler;
+    ours.sa_flags = SA_SIGINFO | SA_RESTART;
     for (int sig = 1; sig < NSIG; sig++) {
         if (sigismember(set, sig) != 1 && sig != status_signal)
             continue;
-        if (real_sigaction(sig, NULL, &virtual_act[sig]) != 0)
+        /* One syscall: install ours and learn what was there. At exec only
+         * SIG_DFL and SIG_IGN can be inherited; an ignored signal is put back. */
+        if (real_sigaction(sig, &ours, &virtual_act[sig]) != 0)
             continue;
         managed[sig] = 1;
-        apply(sig);
+        if (virtual_act[sig].sa_handler == SIG_IGN && !(virtual_act[sig].sa_flags & SA_SIGINFO))
+            apply(sig);
     }
 }
 
@@ -198,6 +196,10 @@ LC_EXPORT int sigaction(int sig, const struct sigaction *act, struct sigaction *
 
 static sighandler_t set_handler(int sig, sighandler_t handler, int flags)
 {
+    if (handler == SIG_ERR || sig < 1 || sig >= NSIG) {
+        errno = EINVAL;
+        return SIG_ERR;
+    }
     struct sigaction sa, old;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = handler;
@@ -214,16 +216,7 @@ static sighandler_t set_handler(int sig, sighandler_t handler, int flags)
  * sees; so signal() and its aliases are interposed too. */
 LC_EXPORT sighandler_t signal(int sig, sighandler_t handler)
 {
-    if (!is_managed(sig) || !lc_active()) {
-        sighandler_t (*real)(int, sighandler_t) =
-            (sighandler_t(*)(int, sighandler_t))sym_lookup(LC_LIB_LIBC, "signal",
-                                                          (const void *)&signal);
-        if (real == NULL) {
-            errno = ENOSYS;
-            return SIG_ERR;
-        }
-        return real(sig, handler);
-    }
+    /* BSD semantics, as glibc's signal(): restart, the signal masked in its handler. */
     return set_handler(sig, handler, SA_RESTART);
 }
 
@@ -234,15 +227,5 @@ LC_EXPORT sighandler_t bsd_signal(int sig, sighandler_t handler)
 
 LC_EXPORT sighandler_t sysv_signal(int sig, sighandler_t handler)
 {
-    if (!is_managed(sig) || !lc_active()) {
-        sighandler_t (*real)(int, sighandler_t) =
-            (sighandler_t(*)(int, sighandler_t))sym_lookup(LC_LIB_LIBC, "sysv_signal",
-                                                          (const void *)&sysv_signal);
-        if (real == NULL) {
-            errno = ENOSYS;
-            return SIG_ERR;
-        }
-        return real(sig, handler);
-    }
     return set_handler(sig, handler, SA_RESETHAND | SA_NODEFER);
 }
