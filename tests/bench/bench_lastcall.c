@@ -77,12 +77,30 @@ static void ratio(const char *name, const char *cmd, long n, const char *const *
     figure(name, value, g, mw / mo <= goal);
 }
 
+/* The same measurement with lastcall on neither side: how far apart two
+ * identical sides land on this machine. */
+static void aa_noise(const char *name, const char *cmd, long n)
+{
+    double a[RUNS], b[RUNS];
+    for (int i = 0; i < RUNS; i++) {
+        a[i] = run_client(0, NULL, cmd, n);
+        b[i] = run_client(0, NULL, cmd, n);
+    }
+    double ma = median(a, RUNS), mb = median(b, RUNS);
+    char value[160];
+    snprintf(value, sizeof value, "%.2f us/op vs %.2f us/op: ratio %.3f", ma / 1000, mb / 1000,
+             ma / mb);
+    printf("%-58s %s\n", name, value);
+    fflush(stdout);
+}
+
 Test(bench, round_trips_and_pipelines)
 {
     printf("\nlastcall benchmarks (with lastcall vs without, median of %d alternating runs)\n",
            RUNS);
     ratio("PQexec SELECT 1 round trip", "pq-roundtrip", 4000, NULL, 1.01);
     ratio("redisCommand PING round trip", "redis-roundtrip", 10000, NULL, 1.01);
+    aa_noise("noise floor: PING, without vs without (A/A)", "redis-roundtrip", 10000);
     ratio("pipelined Redis (append N, then N replies)", "redis-pipeline", 100000, NULL, 1.01);
 }
 
@@ -322,12 +340,16 @@ Test(bench, deadline_with_every_server_stalled)
 {
     double with[RUNS];
     for (int i = 0; i < RUNS; i++) {
-        const char *env[] = {"LASTCALL_DEADLINE=1s", NULL};
-        const char *argv[] = {CLIENT, "hold", "20", "20", NULL};
+        /* Queries in flight, then every server process stopped: the grace
+         * period runs out, cancel requests hang on a stopped postmaster, and
+         * only the deadline ends the drain. */
+        const char *env[] = {"LASTCALL_DEADLINE=1s", "LASTCALL_GRACE=500ms", NULL};
+        const char *argv[] = {CLIENT, "inflight", "20", NULL};
         struct run_opts o = {.preload = 1, .env = env, .app = "bench_stalled"};
         struct proc p;
         proc_start(&p, &o, argv);
         proc_wait_for(&p, "ready", 60000);
+        sleep_ms(300);
         stop_all_servers("STOP");
         int64_t t0 = now_us();
         kill(p.pid, SIGTERM);
