@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,8 @@
 #include <libpq-fe.h>
 
 #include "lastcall.h"
+
+extern char **environ;
 
 static void die(const char *what)
 {
@@ -328,6 +331,128 @@ static int cmd_blocked(void)
     return 0;
 }
 
+
+/* Connections the server kills while we hold them; then a buffered write and
+ * exit(). The drain meets broken sockets: no SIGPIPE may kill us. */
+static int cmd_killed_conns(void)
+{
+    PGconn *c = pg_open();
+    pg_ok(c, "BEGIN");
+    redisContext *r = redis_open();
+    redisReply *id = redisCommand(r, "CLIENT ID");
+    printf("backend %d redis %lld ready\n", PQbackendPID(c), id ? id->integer : -1LL);
+    fflush(stdout);
+    freeReplyObject(id);
+    char line[64];
+    if (fgets(line, sizeof line, stdin) == NULL)
+        die("no go");
+    redisAppendCommand(r, "SET killed-conn lost-anyway");
+    printf("exiting\n");
+    fflush(stdout);
+    exit(0);
+}
+
+static volatile sig_atomic_t storm_hits;
+
+static void on_usr1(int sig)
+{
+    (void)sig;
+    storm_hits++;
+}
+
+/* Work while SIGUSR1 arrives every millisecond (no SA_RESTART). */
+static int cmd_storm(int rounds)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_usr1;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGUSR1, &sa, NULL);
+    PGconn *c = pg_open();
+    redisContext *r = redis_open();
+    printf("ready\n");
+    fflush(stdout);
+    int pg_errors = 0, redis_errors = 0;
+    for (int i = 0; i < rounds; i++) {
+        PGresult *res = PQexec(c, "SELECT 1");
+        if (PQresultStatus(res) != PGRES_TUPLES_OK)
+            pg_errors++;
+        PQclear(res);
+        redisReply *rep = redisCommand(r, "PING");
+        if (rep == NULL || rep->type != REDIS_REPLY_STATUS)
+            redis_errors++;
+        freeReplyObject(rep);
+    }
+    printf("storm done: pg_errors=%d redis_errors=%d signals=%d\n", pg_errors, redis_errors,
+           (int)storm_hits);
+    fflush(stdout);
+    PQfinish(c);
+    redisFree(r);
+    return 0;
+}
+
+/* A prefork server: the parent's connections must survive 50 children that
+ * query on their own connections and leave in every way a child can. */
+static int cmd_prefork(int children)
+{
+    PGconn *c = pg_open();
+    redisContext *r = redis_open();
+    pg_ok(c, "BEGIN");
+    for (int i = 0; i < children; i++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            PGconn *mine = pg_open();
+            pg_ok(mine, "SELECT 1");
+            redisContext *rmine = redis_open();
+            freeReplyObject(redisCommand(rmine, "PING"));
+            switch (i % 5) {
+            case 0:
+                exit(0);             /* normal exit: the child's drain, own handles only */
+            case 1:
+                _exit(0);            /* abrupt */
+            case 2:
+                raise(SIGKILL);      /* abrupt */
+                _exit(1);
+            case 3:
+                execl("/bin/true", "true", (char *)NULL); /* exec after fork */
+                _exit(127);
+            default:
+                raise(SIGTERM);      /* a signal drain in the child */
+                _exit(1);
+            }
+        }
+        int status;
+        waitpid(pid, &status, 0);
+    }
+    /* vfork + exec and posix_spawn from the parent. */
+    pid_t v = vfork();
+    if (v == 0) {
+        execl("/bin/true", "true", (char *)NULL);
+        _exit(127);
+    }
+    int status;
+    waitpid(v, &status, 0);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        die("vfork+exec failed");
+    pid_t s;
+    char *const args[] = {"true", NULL};
+    if (posix_spawn(&s, "/bin/true", NULL, NULL, args, environ) != 0)
+        die("posix_spawn failed");
+    waitpid(s, &status, 0);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        die("posix_spawn child failed");
+    pg_ok(c, "SELECT 1");
+    pg_ok(c, "COMMIT");
+    redisReply *rep = redisCommand(r, "PING");
+    if (rep == NULL || rep->type != REDIS_REPLY_STATUS)
+        die("the parent's Redis connection broke");
+    freeReplyObject(rep);
+    printf("parent intact\n");
+    PQfinish(c);
+    redisFree(r);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -352,6 +477,12 @@ int main(int argc, char **argv)
         return cmd_exit_in_handler(argv[2]);
     if (strcmp(cmd, "hold") == 0 && argc >= 3)
         return cmd_hold(argv[2]);
+    if (strcmp(cmd, "killed-conns") == 0)
+        return cmd_killed_conns();
+    if (strcmp(cmd, "storm") == 0 && argc >= 3)
+        return cmd_storm(atoi(argv[2]));
+    if (strcmp(cmd, "prefork") == 0 && argc >= 3)
+        return cmd_prefork(atoi(argv[2]));
     if (strcmp(cmd, "blocked") == 0)
         return cmd_blocked();
     die("unknown command");

@@ -82,7 +82,7 @@ CONF
         rport=""
     done
     [ -n "$rport" ] || { echo "servers.sh: redis-server did not start" >&2; cat "$dir/redis.log" >&2; exit 1; }
-    cat <<ENV
+    cat <<ENV | tee "$dir/env"
 LC_TEST_DIR=$dir
 PGHOST=$dir/sock
 PGPORT=$port
@@ -96,6 +96,31 @@ LC_TEST_REDIS_SOCK=$dir/sock/redis.sock
 LC_TEST_REDIS_PORT=$rport
 LC_TEST_REDIS_PIDFILE=$dir/redis.pid
 ENV
+}
+
+# Starts redis-server again after a test killed it (same socket, same port).
+restart_redis() {
+    local port
+    port=$(sed -n 's/^LC_TEST_REDIS_PORT=//p' "$dir/env" 2>/dev/null)
+    [ -n "$port" ] || { echo "servers.sh: no recorded redis port" >&2; exit 1; }
+    # The killed server may still be on its way out, holding the port.
+    local old
+    old=$(cat "$dir/redis.pid" 2>/dev/null || true)
+    for _ in $(seq 200); do
+        [ -n "$old" ] && kill -0 "$old" 2>/dev/null || break
+        sleep 0.02
+    done
+    rm -f "$dir/sock/redis.sock" "$dir/redis.pid"
+    as_server_user redis-server --port "$port" --bind 127.0.0.1 \
+        --unixsocket "$dir/sock/redis.sock" --unixsocketperm 777 \
+        --daemonize yes --pidfile "$dir/redis.pid" --dir "$dir" \
+        --logfile "$dir/redis.log" --save '' --appendonly no >/dev/null 2>&1
+    for _ in $(seq 100); do
+        [ -S "$dir/sock/redis.sock" ] && return 0
+        sleep 0.05
+    done
+    echo "servers.sh: redis-server did not restart" >&2
+    exit 1
 }
 
 stop() {
@@ -115,5 +140,6 @@ stop() {
 case "$cmd" in
 start) start ;;
 stop) stop ;;
-*) echo "usage: servers.sh start|stop DIR" >&2; exit 2 ;;
+restart-redis) restart_redis ;;
+*) echo "usage: servers.sh start|stop|restart-redis DIR" >&2; exit 2 ;;
 esac

@@ -82,6 +82,15 @@ static void start_servers(void)
     }
 }
 
+void redis_restart(void)
+{
+    char cmd[2048];
+    /* Tests run in re-executed workers: the directory comes from the environment. */
+    snprintf(cmd, sizeof cmd, "%s/tests/harness/servers.sh restart-redis %s",
+             getenv("LASTCALL_SOURCE_ROOT"), getenv("LC_TEST_DIR"));
+    cr_assert_eq(system(cmd), 0, "redis-server did not restart");
+}
+
 static void stop_servers(void)
 {
     const char *src = getenv("LASTCALL_SOURCE_ROOT");

@@ -63,6 +63,8 @@ void pg_log_dump_app(const char *app);
 /* Redis GET; returns malloc'd value or NULL. */
 char *redis_get(const char *key);
 pid_t redis_pid(void);
+/* After a test killed it. */
+void redis_restart(void);
 
 /* Runs /usr/bin/python3 -c CODE ARGS...; returns its stdout (malloc'd) or NULL. */
 char *python(const char *code, const char *const *args);
