@@ -54,6 +54,16 @@ static int thread_inside(const struct work *w)
     return inflight_contains(inside, n_inside, w->e->handle);
 }
 
+/* Threads inside a connect call: their connection is not ours yet. */
+static size_t connecting(void)
+{
+    size_t c = 0;
+    for (size_t i = 0; i < n_inside; i++)
+        if (inside[i] == LC_CONNECTING)
+            c++;
+    return c;
+}
+
 /* Busy: a thread is inside the library with it, or (async API) the server is
  * still working on a query nobody waits for. */
 static int is_busy(struct work *w)
@@ -87,7 +97,7 @@ __attribute__((format(printf, 4, 5))) static void phase_event(const char *phase,
 static size_t count_busy(struct work *works, size_t n)
 {
     refresh_inside();
-    size_t busy = 0;
+    size_t busy = connecting();
     for (size_t i = 0; i < n; i++)
         if (works[i].step != STEP_DONE && is_busy(&works[i]))
             busy++;
@@ -270,6 +280,24 @@ static void run_step(struct work *works, size_t n, int step, int64_t until_ms)
     }
     free(fds);
     free(idx);
+}
+
+void drain_close_late(void *handle)
+{
+    struct lc_entry *e = registry_claim_one(handle);
+    if (e == NULL)
+        return;
+    struct work w = {.e = e, .ops = ops_for(e), .step = STEP_CLOSING};
+    w.fd = w.ops->socket_fd(e);
+    if (w.fd >= 0) {
+        after_flush(&w, w.ops->flush(e, w.fd));
+        /* A fresh connection has nothing buffered; whatever is not done at
+         * once is cut rather than waited for. */
+        discard_input(w.fd);
+        if (w.step != STEP_DONE)
+            shutdown(w.fd, SHUT_RDWR);
+    }
+    registry_release_drained(&e, 1);
 }
 
 void drain_run(int mode, int64_t start_ms, struct lc_drain_result *result)

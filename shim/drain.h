@@ -45,4 +45,8 @@ struct lc_drain_result {
  * signal arrived or exit() was called: the deadline counts from there. */
 void drain_run(int mode, int64_t start_ms, struct lc_drain_result *result);
 
+/* A connect that was under way when the gate closed has just returned HANDLE
+ * (tracked by now): close it the way the drain would, at once. */
+void drain_close_late(void *handle);
+
 #endif

@@ -14,6 +14,7 @@
 #include "symbols.h"
 
 __thread void *lc_inflight __attribute__((tls_model("initial-exec")));
+char lc_connecting;
 unsigned lc_hook_flags = LC_FLAG_FENCE; /* until membarrier is known to work */
 int lc_gate_closed;
 

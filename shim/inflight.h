@@ -16,6 +16,11 @@
 #include <stdint.h>
 
 extern __thread void *lc_inflight __attribute__((tls_model("initial-exec")));
+/* The slot value of a thread inside a connect call: there is no handle yet,
+ * but the drain waits for it (in the grace period) and the signal handler
+ * lets it finish rather than parking it mid-handshake. */
+extern char lc_connecting;
+#define LC_CONNECTING ((void *)&lc_connecting)
 
 enum {
     LC_FLAG_GATE = 1,      /* a drain closed the gate */

@@ -111,10 +111,14 @@ static PGconn *pq_refused(void)
             return real args;                                                                  \
         if (LC_UNLIKELY(__atomic_load_n(&lc_gate_closed, __ATOMIC_ACQUIRE)))                   \
             return pq_refused();                                                               \
+        INFLIGHT_ENTER(LC_CONNECTING);                                                         \
         lc_depth++;                                                                            \
         PGconn *conn = real args;                                                              \
         lc_depth--;                                                                            \
         pq_track(conn);                                                                        \
+        if (LC_UNLIKELY(__atomic_load_n(&lc_gate_closed, __ATOMIC_ACQUIRE)))                   \
+            drain_close_late(conn);                                                            \
+        INFLIGHT_LEAVE(LC_CONNECTING);                                                         \
         return conn;                                                                           \
     }
 

@@ -162,12 +162,16 @@ static redisAsyncContext *redis_async_refused(void)
             return real args;                                                                  \
         if (LC_UNLIKELY(__atomic_load_n(&lc_gate_closed, __ATOMIC_ACQUIRE)))                   \
             return refuse();                                                                   \
+        INFLIGHT_ENTER(LC_CONNECTING);                                                         \
         lc_depth++;                                                                            \
         type *ctx = real args;                                                                 \
         lc_depth--;                                                                            \
         char target[LC_TARGET_MAX];                                                            \
         describe;                                                                              \
         redis_track(ctx, is_async, target);                                                    \
+        if (LC_UNLIKELY(__atomic_load_n(&lc_gate_closed, __ATOMIC_ACQUIRE)))                   \
+            drain_close_late(ctx);                                                             \
+        INFLIGHT_LEAVE(LC_CONNECTING);                                                         \
         return ctx;                                                                            \
     }
 

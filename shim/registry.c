@@ -178,6 +178,20 @@ size_t registry_claim_for_drain(pid_t pid, struct lc_entry **out, size_t max)
     return n;
 }
 
+struct lc_entry *registry_claim_one(void *handle)
+{
+    pthread_mutex_lock(&registry_lock);
+    struct entry *e = NULL;
+    HASH_FIND_PTR(table, &handle, e);
+    struct lc_entry *out = NULL;
+    if (e && e->pub.pid == getpid() && e->pub.state == LC_ENTRY_OPEN) {
+        e->pub.state = LC_ENTRY_DRAINING;
+        out = &e->pub;
+    }
+    pthread_mutex_unlock(&registry_lock);
+    return out;
+}
+
 void registry_release_drained(struct lc_entry **entries, size_t n)
 {
     pthread_mutex_lock(&registry_lock);

@@ -68,6 +68,8 @@ unsigned long registry_owned_live(void);
 /* For the drain: marks every OPEN entry owned by PID as DRAINING and fills
  * out[] (up to max). Entries stay valid until registry_release_drained(). */
 size_t registry_claim_for_drain(pid_t pid, struct lc_entry **out, size_t max);
+/* Claims one OPEN entry owned by this process (see drain_close_late). */
+struct lc_entry *registry_claim_one(void *handle);
 /* Marks claimed entries DRAINED and wakes free calls waiting on them. */
 void registry_release_drained(struct lc_entry **entries, size_t n);
 /* Number of entries owned by PID (any state). */

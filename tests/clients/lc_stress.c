@@ -31,6 +31,7 @@ static void *churn(void *arg)
         return NULL;
     PGconn *held[8] = {0};
     int pending = 0;
+    uint64_t pushed = 0;
     for (uint64_t n = 1;; n++) {
         int op = rand_r(&seed) % 10;
         if (op < 4) {
@@ -51,7 +52,7 @@ static void *churn(void *arg)
             PQfinish(c);
         } else if (op < 9) {
             redisAppendCommand(r, "RPUSH %s %llu", key, (unsigned long long)n);
-            counts[id] = n;
+            counts[id] = ++pushed;
             pending++;
             if (rand_r(&seed) % 4 == 0) {
                 for (; pending > 0; pending--) {
