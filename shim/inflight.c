@@ -50,6 +50,23 @@ static void set_flag(unsigned flag, int on)
         __atomic_and_fetch(&lc_hook_flags, ~flag, __ATOMIC_SEQ_CST);
 }
 
+static void unregister_thread(void);
+
+#ifdef __SANITIZE_THREAD__
+static pthread_key_t exit_key;
+
+static void on_thread_exit(void *unused)
+{
+    (void)unused;
+    unregister_thread();
+}
+
+static void make_exit_key(void)
+{
+    pthread_key_create(&exit_key, on_thread_exit);
+}
+#endif
+
 void inflight_register_thread(void)
 {
     /* The first thread (main, from our constructor) uses a static entry: a
@@ -62,6 +79,12 @@ void inflight_register_thread(void)
     if (r == NULL)
         return;
     r->slot = &lc_inflight;
+#ifdef __SANITIZE_THREAD__
+    /* No trampoline under TSan: a key destructor takes the slot off the list. */
+    static pthread_once_t key_once = PTHREAD_ONCE_INIT;
+    pthread_once(&key_once, make_exit_key);
+    pthread_setspecific(exit_key, r);
+#endif
     pthread_mutex_lock(&slots_lock);
     r->next = slots;
     slots = r;
@@ -114,6 +137,7 @@ int inflight_contains(void *const *snap, size_t n, const void *handle)
 }
 
 /* ---- threads: every thread's slot is registered as it starts ---- */
+#ifndef __SANITIZE_THREAD__
 
 struct start {
     void *(*fn)(void *);
@@ -159,6 +183,7 @@ LC_EXPORT int pthread_create(pthread_t *thread, const pthread_attr_t *attr,
         free(s);
     return r;
 }
+#endif
 
 /* ---- the asymmetric barrier ---- */
 

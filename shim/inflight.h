@@ -50,10 +50,20 @@ void inflight_slow_leave(void *prev);
 /* Implemented in runtime.c: LASTCALL_LEAK_AGE's "used now". */
 void runtime_touch(void *handle);
 
+/* Under ThreadSanitizer a pthread_create wrapper would run instrumented code
+ * in the new thread before TSan has set it up, so TSan builds register each
+ * thread on its first hook instead. */
+#ifdef __SANITIZE_THREAD__
+#define LC_REGISTER_THREAD() inflight_register_thread()
+#else
+#define LC_REGISTER_THREAD() ((void)0)
+#endif
+
 /* Marks this thread inside HANDLE for one call. Nested calls (libpq calling
  * its own exports) save and restore the outer value; only the outermost call
  * is ever parked by the gate. */
 #define INFLIGHT_ENTER(handle)                                                                 \
+    LC_REGISTER_THREAD();                                                                      \
     void *lc_prev_ = lc_inflight;                                                              \
     __atomic_store_n(&lc_inflight, (void *)(handle), __ATOMIC_RELAXED);                        \
     __atomic_signal_fence(__ATOMIC_SEQ_CST);                                                   \

@@ -240,6 +240,7 @@ LC_EXPORT void PQfinish(PGconn *conn)
     }                                                                                          \
     LC_EXPORT ret name params                                                                  \
     {                                                                                          \
+        LC_REGISTER_THREAD();                                                                  \
         void *prev = lc_inflight;                                                              \
         __atomic_store_n(&lc_inflight, (void *)conn, __ATOMIC_RELAXED);                        \
         __atomic_signal_fence(__ATOMIC_SEQ_CST);                                               \

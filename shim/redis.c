@@ -322,6 +322,7 @@ LC_EXPORT void redisAsyncFree(redisAsyncContext *ac)
     }                                                                                          \
     LC_EXPORT ret name params                                                                  \
     {                                                                                          \
+        LC_REGISTER_THREAD();                                                                  \
         void *prev = lc_inflight;                                                              \
         __atomic_store_n(&lc_inflight, (void *)ctx, __ATOMIC_RELAXED);                         \
         __atomic_signal_fence(__ATOMIC_SEQ_CST);                                               \

@@ -26,6 +26,12 @@ int64_t now_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+int slack_ms(void)
+{
+    const char *s = getenv("LASTCALL_TEST_TIME_SLACK_MS");
+    return s ? atoi(s) : 0;
+}
+
 void sleep_ms(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};

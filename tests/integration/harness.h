@@ -70,6 +70,11 @@ void redis_restart(void);
 char *python(const char *code, const char *const *args);
 char *slurp(const char *path);
 
+/* Extra milliseconds allowed in timing assertions: 0, except under
+ * ThreadSanitizer, whose instrumentation and exit processing are slow
+ * (LASTCALL_TEST_TIME_SLACK_MS). The normal and ASan builds assert the real bounds. */
+int slack_ms(void);
+
 int64_t now_us(void);
 void sleep_ms(int ms);
 
