@@ -225,3 +225,29 @@ Test(leaks, report_never_writes_through_a_symlink)
     cr_assert_eq(lstat(link_path, &st), 0);
     cr_assert(S_ISREG(st.st_mode), "the report replaced the link with a file");
 }
+
+Test(leaks, stripped_binary_reports_module_and_offset)
+{
+    char stripped[128], cmd[512], report[128], env_report[160];
+    snprintf(stripped, sizeof stripped, "%s/lc_leaky_stripped", tmpdir);
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s' && strip '%s'", LEAKY, stripped, stripped);
+    cr_assert_eq(system(cmd), 0);
+    snprintf(report, sizeof report, "%s/report.json", tmpdir);
+    snprintf(env_report, sizeof env_report, "LASTCALL_REPORT=%s", report);
+    const char *env[] = {env_report, "LASTCALL_REPORT_FORMAT=json", NULL};
+    const char *argv[] = {stripped, "threshold", NULL};
+    struct run_opts o = {.preload = 1, .env = env, .app = "leaky_stripped"};
+    struct proc p;
+    int s = run(&o, argv, &p, 60000);
+    cr_assert(WIFEXITED(s) && WEXITSTATUS(s) == 0, "%s", p.err);
+    const char *args[] = {report, NULL};
+    char *out = python("import json, sys\n"
+                       "d = json.load(open(sys.argv[1]))\n"
+                       "top = d['leaks'][0]['stack'][0]\n"
+                       "print(d['leaks'][0]['count'], top['module'].split('/')[-1], top['offset'],\n"
+                       "      top['file'], top['line'])\n",
+                       args);
+    cr_assert_not_null(out);
+    /* No symbols, no debug information: module and offset, nothing invented. */
+    cr_assert(strstr(out, "5 lc_leaky_stripped 0x") && strstr(out, " None None"), "%s", out);
+}
