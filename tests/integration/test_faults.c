@@ -181,3 +181,42 @@ Test(faults, prefork_children_leave_the_parent_connections_intact)
     cr_assert(WIFEXITED(s) && WEXITSTATUS(s) == 0, "status %d: %s %s", s, p.out, p.err);
     cr_assert(strstr(p.out, "parent intact"), "%s", p.out);
 }
+
+/* A setuid program ignores every LASTCALL_* variable (secure_getenv). The
+ * loader preloads into such a program only a library from a trusted
+ * directory with the setuid bit, so this needs root to set up. */
+Test(faults, setuid_program_ignores_the_environment)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root to install a setuid test library");
+    if (getenv("LASTCALL_TEST_PRELOAD_FIRST"))
+        cr_skip_test("a sanitizer runtime cannot be preloaded into a setuid program");
+    char lib[128], dir[] = "/tmp/lastcall-setuid.XXXXXX", client[192], cmd[1024];
+    snprintf(lib, sizeof lib, "/usr/lib/x86_64-linux-gnu/liblastcall-test-%d.so", (int)getpid());
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(client, sizeof client, "%s/lc_client", dir);
+    snprintf(cmd, sizeof cmd,
+             "cp '%s' '%s' && chmod 4755 '%s' && cp '%s' '%s' && chmod 755 '%s' && "
+             "chmod 4755 '%s'",
+             shim_path(), lib, lib, CLIENT, client, dir, client);
+    cr_assert_eq(system(cmd), 0);
+    const char *base = strrchr(lib, '/') + 1;
+    char run_cmd[2048];
+    /* As nobody, a setuid-root program: secure-execution mode. */
+    snprintf(run_cmd, sizeof run_cmd,
+             "runuser -u nobody -- env LD_PRELOAD=%s LASTCALL_LOG=debug LASTCALL_DEADLINE=bogus "
+             "'%s' threads 1 1",
+             base, client);
+    const char *argv[] = {"sh", "-c", run_cmd, NULL};
+    struct run_opts o = {.app = "setuid"};
+    struct proc p;
+    int s = run(&o, argv, &p, 30000);
+    snprintf(cmd, sizeof cmd, "rm -f '%s'; rm -rf '%s'", lib, dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "cleanup failed\n");
+    cr_assert(WIFEXITED(s) && WEXITSTATUS(s) == 0, "status %d: %s %s", s, p.out, p.err);
+    /* Loaded (its counters answer), yet it read none of the variables. */
+    cr_assert(strstr(p.out, "pq_opened=1"), "the library was not loaded: %s", p.out);
+    cr_assert_null(strstr(p.err, "LASTCALL_DEADLINE"), "%s", p.err);
+    cr_assert_null(strstr(p.err, "open PostgreSQL"), "%s", p.err);
+}
