@@ -288,13 +288,7 @@ void gate_wait(void)
             if (left <= 0)
                 break;
             struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_sec += left / 1000;
-            ts.tv_nsec += (left % 1000) * 1000000;
-            if (ts.tv_nsec >= 1000000000) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000;
-            }
+            lc_abstime_after_ms(left, &ts);
             pthread_cond_timedwait(&gate_cond, &gate_lock, &ts);
         } else {
             /* Signal mode: the process dies when the drain ends. */

@@ -75,6 +75,47 @@ void runtime_touch(void *handle);
     if (__builtin_expect(lc_flags() != 0, 0))           \
     inflight_slow_leave(lc_prev_)
 
+/* One query/command hook: HANDLE is the expression naming the connection
+ * among PARAMS; LOOKUP finds the real NAME. The real function is reached
+ * through a pointer that starts at a resolver stub (the first call looks the
+ * symbol up and replaces the pointer), so the hot path has no "resolved yet?"
+ * branch; everything rare goes to the cold slow_ twin. */
+#define LC_TRACKED_CALL_HOOK(lookup, ret, failval, name, handle, params, args)                 \
+    static ret resolve_##name params;                                                          \
+    static ret (*real_##name) params = resolve_##name;                                         \
+    static ret resolve_##name params                                                           \
+    {                                                                                          \
+        ret (*f) params = lookup(name);                                                        \
+        if (f == NULL)                                                                         \
+            return failval;                                                                    \
+        __atomic_store_n(&real_##name, f, __ATOMIC_RELEASE);                                   \
+        return f args;                                                                         \
+    }                                                                                          \
+    /* Anything rare (a drain, no membarrier, leak-age tracking). */                           \
+    static __attribute__((noinline, cold)) ret slow_##name params                              \
+    {                                                                                          \
+        INFLIGHT_ENTER(handle);                                                                \
+        ret r = __atomic_load_n(&real_##name, __ATOMIC_RELAXED) args;                          \
+        INFLIGHT_LEAVE(handle);                                                                \
+        return r;                                                                              \
+    }                                                                                          \
+    LC_EXPORT ret name params                                                                  \
+    {                                                                                          \
+        LC_REGISTER_THREAD();                                                                  \
+        void *prev = lc_inflight;                                                              \
+        __atomic_store_n(&lc_inflight, (void *)handle, __ATOMIC_RELAXED);                      \
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);                                               \
+        if (__builtin_expect(lc_flags() != 0, 0)) {                                            \
+            __atomic_store_n(&lc_inflight, prev, __ATOMIC_RELAXED);                            \
+            return slow_##name args;                                                           \
+        }                                                                                      \
+        ret r = __atomic_load_n(&real_##name, __ATOMIC_RELAXED) args;                          \
+        __atomic_store_n(&lc_inflight, prev, __ATOMIC_RELEASE);                                \
+        if (__builtin_expect(lc_flags() != 0, 0))                                              \
+            inflight_slow_leave(prev);                                                         \
+        return r;                                                                              \
+    }
+
 /* While a free call waits for the drain, it is not inside the library. */
 static inline void *inflight_suspend(void)
 {

@@ -216,44 +216,9 @@ LC_EXPORT void PQfinish(PGconn *conn)
 
 /* ---- query path: the gate and the per-thread in-flight slot ---- */
 
-/* The real function is reached through a pointer that starts at a resolver
- * stub: the first call looks the symbol up and replaces the pointer, so the
- * hot path has no "resolved yet?" branch. */
 #define PQ_QUERY_HOOK(ret, failval, name, params, args)                                        \
-    static ret resolve_##name params;                                                          \
-    static ret (*real_##name) params = resolve_##name;                                         \
-    static ret resolve_##name params                                                           \
-    {                                                                                          \
-        ret (*f) params = PQ_HOOKED(name);                                                     \
-        if (f == NULL)                                                                         \
-            return failval;                                                                    \
-        __atomic_store_n(&real_##name, f, __ATOMIC_RELEASE);                                   \
-        return f args;                                                                         \
-    }                                                                                          \
-    /* Anything rare (a drain, no membarrier, leak-age tracking). */                           \
-    static __attribute__((noinline, cold)) ret slow_##name params                              \
-    {                                                                                          \
-        INFLIGHT_ENTER(conn);                                                                  \
-        ret r = __atomic_load_n(&real_##name, __ATOMIC_RELAXED) args;                          \
-        INFLIGHT_LEAVE(conn);                                                                  \
-        return r;                                                                              \
-    }                                                                                          \
-    LC_EXPORT ret name params                                                                  \
-    {                                                                                          \
-        LC_REGISTER_THREAD();                                                                  \
-        void *prev = lc_inflight;                                                              \
-        __atomic_store_n(&lc_inflight, (void *)conn, __ATOMIC_RELAXED);                        \
-        __atomic_signal_fence(__ATOMIC_SEQ_CST);                                               \
-        if (LC_UNLIKELY(lc_flags())) {                  \
-            __atomic_store_n(&lc_inflight, prev, __ATOMIC_RELAXED);                            \
-            return slow_##name args;                                                           \
-        }                                                                                      \
-        ret r = __atomic_load_n(&real_##name, __ATOMIC_RELAXED) args;                          \
-        __atomic_store_n(&lc_inflight, prev, __ATOMIC_RELEASE);                                \
-        if (LC_UNLIKELY(lc_flags()))                    \
-            inflight_slow_leave(prev);                                                         \
-        return r;                                                                              \
-    }
+    LC_TRACKED_CALL_HOOK(PQ_HOOKED, ret, failval, name, conn, params, args)
+
 
 
 PQ_QUERY_HOOK(PGresult *, NULL, PQexec, (PGconn *conn, const char *query), (conn, query))

@@ -299,43 +299,9 @@ LC_EXPORT void redisAsyncFree(redisAsyncContext *ac)
 
 /* ---- command path ---- */
 
-/* As in pq.c: the real function is reached through a pointer that starts at
- * a resolver stub, so the hot path has no "resolved yet?" branch. */
 #define REDIS_CALL_HOOK(ret, failval, name, ctx, params, args)                                 \
-    static ret resolve_##name params;                                                          \
-    static ret (*real_##name) params = resolve_##name;                                         \
-    static ret resolve_##name params                                                           \
-    {                                                                                          \
-        ret (*f) params = RD_HOOKED(name);                                                     \
-        if (f == NULL)                                                                         \
-            return failval;                                                                    \
-        __atomic_store_n(&real_##name, f, __ATOMIC_RELEASE);                                   \
-        return f args;                                                                         \
-    }                                                                                          \
-    /* Anything rare (a drain, no membarrier, leak-age tracking). */                           \
-    static __attribute__((noinline, cold)) ret slow_##name params                              \
-    {                                                                                          \
-        INFLIGHT_ENTER(ctx);                                                                   \
-        ret r = __atomic_load_n(&real_##name, __ATOMIC_RELAXED) args;                          \
-        INFLIGHT_LEAVE(ctx);                                                                   \
-        return r;                                                                              \
-    }                                                                                          \
-    LC_EXPORT ret name params                                                                  \
-    {                                                                                          \
-        LC_REGISTER_THREAD();                                                                  \
-        void *prev = lc_inflight;                                                              \
-        __atomic_store_n(&lc_inflight, (void *)ctx, __ATOMIC_RELAXED);                         \
-        __atomic_signal_fence(__ATOMIC_SEQ_CST);                                               \
-        if (LC_UNLIKELY(lc_flags())) {                  \
-            __atomic_store_n(&lc_inflight, prev, __ATOMIC_RELAXED);                            \
-            return slow_##name args;                                                           \
-        }                                                                                      \
-        ret r = __atomic_load_n(&real_##name, __ATOMIC_RELAXED) args;                          \
-        __atomic_store_n(&lc_inflight, prev, __ATOMIC_RELEASE);                                \
-        if (LC_UNLIKELY(lc_flags()))                    \
-            inflight_slow_leave(prev);                                                         \
-        return r;                                                                              \
-    }
+    LC_TRACKED_CALL_HOOK(RD_HOOKED, ret, failval, name, ctx, params, args)
+
 
 
 #define REDIS_VOID_HOOK(name, ctx, params, args)                                               \

@@ -118,13 +118,7 @@ int registry_begin_free(void *handle, int64_t wait_until_ms)
         if (left <= 0)
             break;
         struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += left / 1000;
-        ts.tv_nsec += (left % 1000) * 1000000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
+        lc_abstime_after_ms(left, &ts);
         pthread_cond_timedwait(&registry_cond, &registry_lock, &ts);
         e = NULL;
         HASH_FIND_PTR(table, &handle, e);
@@ -238,7 +232,10 @@ static struct lc_entry copy_entry(const struct lc_entry *src)
     return c;
 }
 
-size_t registry_snapshot(pid_t pid, int kind, struct lc_entry **out)
+/* Copies of the entries PID owns that KEEP accepts (under the lock; KEEP may
+ * also update the entry). */
+static size_t collect(pid_t pid, int (*keep)(struct lc_entry *, const void *), const void *arg,
+                      struct lc_entry **out)
 {
     pthread_mutex_lock(&registry_lock);
     size_t n = 0, cap = HASH_COUNT(table);
@@ -247,13 +244,23 @@ size_t registry_snapshot(pid_t pid, int kind, struct lc_entry **out)
     HASH_ITER(hh, table, e, tmp) {
         if (copies == NULL || n >= cap)
             break;
-        if (e->pub.pid != pid || (kind >= 0 && e->pub.kind != kind))
-            continue;
-        copies[n++] = copy_entry(&e->pub);
+        if (e->pub.pid == pid && keep(&e->pub, arg))
+            copies[n++] = copy_entry(&e->pub);
     }
     pthread_mutex_unlock(&registry_lock);
     *out = copies;
     return copies ? n : 0;
+}
+
+static int keep_kind(struct lc_entry *e, const void *arg)
+{
+    int kind = *(const int *)arg;
+    return kind < 0 || e->kind == kind;
+}
+
+size_t registry_snapshot(pid_t pid, int kind, struct lc_entry **out)
+{
+    return collect(pid, keep_kind, &kind, out);
 }
 
 void registry_free_snapshot(struct lc_entry *copies, size_t n)
@@ -281,24 +288,23 @@ int registry_touch(void *handle, struct lc_entry *copy)
     return cleared;
 }
 
+struct idle_query {
+    int64_t now_ms, age_ms;
+};
+
+static int keep_newly_idle(struct lc_entry *e, const void *arg)
+{
+    const struct idle_query *q = arg;
+    if (e->suspect || e->state != LC_ENTRY_OPEN || q->now_ms - e->last_used_ms < q->age_ms)
+        return 0;
+    e->suspect = 1;
+    return 1;
+}
+
 size_t registry_find_idle(pid_t pid, int64_t now_ms, int64_t age_ms, struct lc_entry **out)
 {
-    pthread_mutex_lock(&registry_lock);
-    size_t n = 0, cap = HASH_COUNT(table);
-    struct lc_entry *copies = calloc(cap ? cap : 1, sizeof *copies);
-    struct entry *e, *tmp;
-    HASH_ITER(hh, table, e, tmp) {
-        if (copies == NULL || n >= cap)
-            break;
-        if (e->pub.pid != pid || e->pub.suspect || e->pub.state != LC_ENTRY_OPEN ||
-            now_ms - e->pub.last_used_ms < age_ms)
-            continue;
-        e->pub.suspect = 1;
-        copies[n++] = copy_entry(&e->pub);
-    }
-    pthread_mutex_unlock(&registry_lock);
-    *out = copies;
-    return copies ? n : 0;
+    struct idle_query q = {now_ms, age_ms};
+    return collect(pid, keep_newly_idle, &q, out);
 }
 
 void registry_atfork_prepare(void)

@@ -82,6 +82,37 @@ static size_t group_entries(const struct lc_entry *entries, size_t n, struct gro
     return g;
 }
 
+/* Symbolizes STACK and hands each formatted frame to EMIT. */
+static void for_each_frame(const struct lc_stack *stack, void (*emit)(const char *line, void *ctx),
+                           void *ctx)
+{
+    if (stack == NULL)
+        return;
+    struct lc_frame frames[LC_MAX_STACK_DEPTH];
+    stack_symbolize(stack, frames);
+    for (int i = 0; i < stack->depth; i++) {
+        char line[800];
+        stack_format_frame(&frames[i], i, line, sizeof line);
+        emit(line, ctx);
+    }
+}
+
+struct file_ctx {
+    FILE *f;
+    const char *indent;
+};
+
+static void frame_to_file(const char *line, void *ctx)
+{
+    struct file_ctx *c = ctx;
+    fprintf(c->f, "%s  %s\n", c->indent, line);
+}
+
+static void frame_to_log(const char *line, void *event)
+{
+    lc_event(LC_LOG_WARN, (const char *)event, NULL, "    %s", line);
+}
+
 /* "3 PostgreSQL connections to /run/pg:5432/app leaked, opened at:" and the frames. */
 static void text_group(FILE *f, const struct group *gr, const char *indent)
 {
@@ -94,13 +125,8 @@ static void text_group(FILE *f, const struct group *gr, const char *indent)
         fprintf(f, "%s  (no stack: LASTCALL_STACKS is off)\n", indent);
         return;
     }
-    struct lc_frame frames[LC_MAX_STACK_DEPTH];
-    stack_symbolize(e->stack, frames);
-    for (int i = 0; i < e->stack->depth; i++) {
-        char line[800];
-        stack_format_frame(&frames[i], i, line, sizeof line);
-        fprintf(f, "%s  %s\n", indent, line);
-    }
+    struct file_ctx ctx = {f, indent};
+    for_each_frame(e->stack, frame_to_file, &ctx);
 }
 
 static void json_string(FILE *f, const char *s)
@@ -266,15 +292,7 @@ static void log_top_stacks(const char *event, struct lc_entry *entries, size_t n
         snprintf(fields, sizeof fields, "\"kind\":\"%s\",\"count\":%zu,\"target\":\"%s\"",
                  kind_json(e->kind), groups[i].count, target);
         lc_event(LC_LOG_WARN, event, fields, "  %zu opened at:", groups[i].count);
-        if (e->stack == NULL)
-            continue;
-        struct lc_frame frames[LC_MAX_STACK_DEPTH];
-        stack_symbolize(e->stack, frames);
-        for (int k = 0; k < e->stack->depth; k++) {
-            char line[800];
-            stack_format_frame(&frames[k], k, line, sizeof line);
-            lc_event(LC_LOG_WARN, event, NULL, "    %s", line);
-        }
+        for_each_frame(e->stack, frame_to_log, (void *)event);
     }
     free(groups);
 }
@@ -320,15 +338,7 @@ void report_check_idle(void)
                  "opened at:",
                  kind_name(e->kind), e->handle, e->target,
                  (long long)(lc_now_ms() - e->last_used_ms));
-        if (e->stack) {
-            struct lc_frame frames[LC_MAX_STACK_DEPTH];
-            stack_symbolize(e->stack, frames);
-            for (int k = 0; k < e->stack->depth; k++) {
-                char line[800];
-                stack_format_frame(&frames[k], k, line, sizeof line);
-                lc_event(LC_LOG_WARN, "leak_suspect", NULL, "    %s", line);
-            }
-        }
+        for_each_frame(e->stack, frame_to_log, (void *)"leak_suspect");
     }
     registry_free_snapshot(entries, n);
 }
