@@ -22,13 +22,34 @@
 
 extern char **environ;
 
+/* Our own code's address range, found once: a compare per frame instead of
+ * a dladdr (which walks the loaded objects). */
+static uintptr_t own_start, own_end;
+
+static int find_own_range(struct dl_phdr_info *info, size_t size, void *data)
+{
+    (void)size;
+    (void)data;
+    uintptr_t self = (uintptr_t)&stack_capture;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_X))
+            continue;
+        uintptr_t start = info->dlpi_addr + ph->p_vaddr;
+        if (self >= start && self < start + ph->p_memsz) {
+            own_start = start;
+            own_end = start + ph->p_memsz;
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static int own_module(const void *addr)
 {
-    static const void *self_base;
-    Dl_info self, info;
-    if (self_base == NULL && dladdr((const void *)&stack_capture, &self))
-        self_base = self.dli_fbase;
-    return dladdr(addr, &info) && info.dli_fbase == self_base;
+    if (own_end == 0)
+        dl_iterate_phdr(find_own_range, NULL);
+    return (uintptr_t)addr >= own_start && (uintptr_t)addr < own_end;
 }
 
 struct lc_stack *stack_capture(int max_depth)
@@ -37,22 +58,27 @@ struct lc_stack *stack_capture(int max_depth)
     if (max_depth > 64)
         max_depth = 64;
     int n = backtrace(raw, max_depth + LC_STACK_SLACK);
-    /* Start after the last of our own frames near the top: frames above them
-     * may belong to an interceptor (a sanitizer wraps backtrace itself). */
+    /* Start after the first run of our own frames (capture, track, hook).
+     * Frames before that run belong to an interceptor (a sanitizer wraps
+     * backtrace itself). */
     int first = 0;
-    for (int i = 0; i < n && i < LC_STACK_SLACK; i++)
-        if (own_module(raw[i]))
-            first = i + 1;
-    int depth = n - first;
-    if (depth > max_depth)
-        depth = max_depth;
-    if (depth < 0)
-        depth = 0;
+    while (first < n && first < LC_STACK_SLACK && !own_module(raw[first]))
+        first++;
+    if (first == n || first == LC_STACK_SLACK)
+        first = 0;
+    while (first < n && own_module(raw[first]))
+        first++;
+    /* Our frames further down (the pthread_create trampoline) are dropped too. */
+    void *kept[LC_STACK_SLACK + 64];
+    int depth = 0;
+    for (int i = first; i < n && depth < max_depth; i++)
+        if (!own_module(raw[i]))
+            kept[depth++] = raw[i];
     struct lc_stack *s = malloc(sizeof *s + (size_t)depth * sizeof(void *));
     if (s == NULL)
         return NULL;
     s->depth = depth;
-    memcpy(s->frames, raw + first, (size_t)depth * sizeof(void *));
+    memcpy(s->frames, kept, (size_t)depth * sizeof(void *));
     return s;
 }
 

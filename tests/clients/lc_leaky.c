@@ -1,5 +1,6 @@
 /* A leaky program, built with -g and without -rdynamic. */
 #define _GNU_SOURCE
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,6 +49,13 @@ __attribute__((noinline)) static void failed_connect(void)
     PQconnectdb("host=/nonexistent-lastcall-dir connect_timeout=1");
 }
 
+static void *leak_in_thread(void *arg)
+{
+    (void)arg;
+    open_pg_leak();
+    return NULL;
+}
+
 int main(int argc, char **argv)
 {
     const char *mode = argc > 1 ? argv[1] : "leak";
@@ -59,6 +67,13 @@ int main(int argc, char **argv)
         open_with_passwords();
         failed_connect();
         PQfinish(open_pg_leak()); /* one closed properly */
+        exit(0);
+    }
+    if (strcmp(mode, "thread") == 0) {
+        /* Opened from a thread's start routine. */
+        pthread_t t;
+        pthread_create(&t, NULL, leak_in_thread, NULL);
+        pthread_join(t, NULL);
         exit(0);
     }
     if (strcmp(mode, "threshold") == 0) {

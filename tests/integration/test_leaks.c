@@ -251,3 +251,21 @@ Test(leaks, stripped_binary_reports_module_and_offset)
     /* No symbols, no debug information: module and offset, nothing invented. */
     cr_assert(strstr(out, "5 lc_leaky_stripped 0x") && strstr(out, " None None"), "%s", out);
 }
+
+Test(leaks, stack_of_a_connection_opened_in_a_thread)
+{
+    /* lastcall's own pthread_create trampoline sits under every thread's start
+     * routine: it must not hide the program's frames. */
+    char report[128], env_report[160];
+    snprintf(report, sizeof report, "%s/report.txt", tmpdir);
+    snprintf(env_report, sizeof env_report, "LASTCALL_REPORT=%s", report);
+    const char *env[] = {env_report, NULL};
+    struct proc p;
+    int s = run_leaky(env, "thread", &p);
+    cr_assert(WIFEXITED(s) && WEXITSTATUS(s) == 0, "%s", p.err);
+    char *text = slurp(report);
+    cr_assert(text && strstr(text, "#0 open_pg_leak ") && strstr(text, "#1 leak_in_thread "),
+              "%s", text);
+    cr_assert_null(strstr(text, "thread_trampoline"), "lastcall's own frame in a report: %s",
+                   text);
+}
