@@ -201,14 +201,14 @@ LC_EXPORT void PQfinish(PGconn *conn)
     /* While the drain owns this connection we are not inside libpq: say so,
      * or the drain would wait for us while we wait for it. */
     void *self = inflight_suspend();
-    int tracked = registry_begin_free(conn, lc_now_ms() + lc_cfg.deadline_ms + 100);
+    struct lc_entry info;
+    int tracked = registry_take(conn, lc_now_ms() + lc_cfg.deadline_ms + 100, &info);
     inflight_resume(self);
     lc_depth++;
     real(conn); /* after a drain the socket is shut down: this returns at once */
     lc_depth--;
     if (tracked) {
-        struct lc_entry info;
-        pq_free_cancel(registry_end_free(conn, &info));
+        pq_free_cancel(info.cancel);
         runtime_log_close(&info);
     }
     INFLIGHT_LEAVE(conn);

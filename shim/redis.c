@@ -81,14 +81,33 @@ static void redis_track(void *ctx, int is_async, const char *target)
     report_check_threshold(LC_KIND_REDIS);
 }
 
+/* Plain copies, not snprintf: these run on every connect. */
+static size_t copy_str(char *out, size_t size, const char *s)
+{
+    size_t len = strnlen(s ? s : "?", size - 1);
+    memcpy(out, s ? s : "?", len);
+    out[len] = '\0';
+    return len;
+}
+
 static void target_tcp(char *out, size_t size, const char *ip, int port)
 {
-    snprintf(out, size, "%s:%d", ip ? ip : "?", port);
+    size_t len = copy_str(out, size - 8, ip);
+    char digits[12];
+    int n = 0;
+    unsigned p = port < 0 ? 0u : (unsigned)port;
+    do
+        digits[n++] = (char)('0' + p % 10);
+    while ((p /= 10) && n < 11);
+    out[len++] = ':';
+    while (n > 0)
+        out[len++] = digits[--n];
+    out[len] = '\0';
 }
 
 static void target_unix(char *out, size_t size, const char *path)
 {
-    snprintf(out, size, "%s", path ? path : "?");
+    copy_str(out, size, path);
 }
 
 /* redisOptions (1.x): int type; int options; two timeval pointers; then the
@@ -249,16 +268,14 @@ static int redis_free_tracked(void *ctx, int (*do_free)(void *))
     lc_active();
     INFLIGHT_ENTER(ctx);
     void *self = inflight_suspend();
-    int tracked = registry_begin_free(ctx, lc_now_ms() + lc_cfg.deadline_ms + 100);
+    struct lc_entry info;
+    int tracked = registry_take(ctx, lc_now_ms() + lc_cfg.deadline_ms + 100, &info);
     inflight_resume(self);
     lc_depth++;
     int r = do_free(ctx);
     lc_depth--;
-    if (tracked) {
-        struct lc_entry info;
-        registry_end_free(ctx, &info);
+    if (tracked)
         runtime_log_close(&info);
-    }
     INFLIGHT_LEAVE(ctx);
     return r;
 }

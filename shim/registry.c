@@ -34,12 +34,45 @@ static void count_live(const struct entry *e, int delta)
     __atomic_add_fetch(&owned_live, (unsigned long)delta, __ATOMIC_RELEASE);
 }
 
+/* Freed entries are kept for reuse: a connect/close cycle then costs no
+ * malloc of ours (the benchmarks count instructions per cycle). */
+#define FREELIST_MAX 256
+static struct entry *freelist;
+static int freelist_len;
+
 static void entry_remove_locked(struct entry *e)
 {
     HASH_DEL(table, e);
     count_live(e, -1);
     free(e->pub.stack);
-    free(e);
+    if (freelist_len < FREELIST_MAX) {
+        e->hh.next = freelist;
+        freelist = e;
+        freelist_len++;
+    } else {
+        free(e);
+    }
+}
+
+static struct entry *entry_alloc_locked(void)
+{
+    struct entry *e = freelist;
+    if (e) {
+        freelist = e->hh.next;
+        freelist_len--;
+        memset(e, 0, sizeof *e);
+        return e;
+    }
+    return calloc(1, sizeof *e);
+}
+
+/* gettid() is a system call: once per thread is enough. */
+static unsigned long current_tid(void)
+{
+    static __thread unsigned long tid;
+    if (tid == 0)
+        tid = (unsigned long)gettid();
+    return tid;
 }
 
 struct lc_entry *registry_add(void *handle, int kind, int is_async, int failed, int fd,
@@ -49,31 +82,36 @@ struct lc_entry *registry_add(void *handle, int kind, int is_async, int failed, 
         free(stack);
         return NULL;
     }
-    struct entry *e = calloc(1, sizeof *e);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t now = lc_now_ms();
+    unsigned long tid = current_tid();
+    pid_t pid = getpid();
+
+    pthread_mutex_lock(&registry_lock);
+    struct entry *e = entry_alloc_locked();
     if (e == NULL) {
+        pthread_mutex_unlock(&registry_lock);
         free(stack);
         return NULL;
     }
-    e->pub.stack = stack;
-    e->pub.last_used_ms = lc_now_ms();
     e->pub.handle = handle;
     e->pub.kind = kind;
     e->pub.is_async = is_async;
     e->pub.failed = failed;
     e->pub.state = LC_ENTRY_OPEN;
-    e->pub.pid = getpid();
+    e->pub.pid = pid;
     e->pub.fd = fd;
     e->pub.cancel = cancel;
-    e->pub.thread = (unsigned long)gettid();
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
+    e->pub.stack = stack;
+    e->pub.thread = tid;
+    e->pub.last_used_ms = now;
     e->pub.opened_at_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
     if (target) {
-        strncpy(e->pub.target, target, LC_TARGET_MAX - 1);
-        e->pub.target[LC_TARGET_MAX - 1] = '\0';
+        size_t len = strnlen(target, LC_TARGET_MAX - 1);
+        memcpy(e->pub.target, target, len);
+        e->pub.target[len] = '\0';
     }
-
-    pthread_mutex_lock(&registry_lock);
     struct entry *old = NULL;
     HASH_FIND_PTR(table, &handle, old);
     if (old)
@@ -108,7 +146,7 @@ void registry_update(void *handle, int failed, int fd, void *cancel, void **old_
     pthread_mutex_unlock(&registry_lock);
 }
 
-int registry_begin_free(void *handle, int64_t wait_until_ms)
+int registry_take(void *handle, int64_t wait_until_ms, struct lc_entry *info)
 {
     pthread_mutex_lock(&registry_lock);
     struct entry *e = NULL;
@@ -123,31 +161,16 @@ int registry_begin_free(void *handle, int64_t wait_until_ms)
         e = NULL;
         HASH_FIND_PTR(table, &handle, e);
     }
-    if (e)
-        e->pub.state = LC_ENTRY_CLOSING;
-    pthread_mutex_unlock(&registry_lock);
-    return e != NULL;
-}
-
-void *registry_end_free(void *handle, struct lc_entry *info)
-{
-    void *cancel = NULL;
-    if (info)
-        memset(info, 0, sizeof *info);
-    pthread_mutex_lock(&registry_lock);
-    struct entry *e = NULL;
-    HASH_FIND_PTR(table, &handle, e);
     if (e) {
         if (info) {
             *info = e->pub;
             info->stack = NULL;
         }
-        cancel = e->pub.cancel;
         counts.closed[e->pub.kind]++;
         entry_remove_locked(e);
     }
     pthread_mutex_unlock(&registry_lock);
-    return cancel;
+    return e != NULL;
 }
 
 unsigned long registry_owned_live(void)
@@ -334,6 +357,12 @@ void registry_reset_for_tests(void)
         free(e->pub.stack);
         free(e);
     }
+    while (freelist) {
+        e = freelist;
+        freelist = e->hh.next;
+        free(e);
+    }
+    freelist_len = 0;
     memset(&counts, 0, sizeof counts);
     __atomic_store_n(&owned_live, 0, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&registry_lock);

@@ -14,7 +14,6 @@ struct lc_stack;
 
 enum lc_entry_state {
     LC_ENTRY_OPEN = 0,    /* the program's */
-    LC_ENTRY_CLOSING,     /* the program is inside its free call: the drain keeps off */
     LC_ENTRY_DRAINING,    /* the drain owns the connection until the drain ends */
     LC_ENTRY_DRAINED,     /* closed by lastcall; the program may still free it */
 };
@@ -55,12 +54,12 @@ struct lc_entry *registry_add(void *handle, int kind, int is_async, int failed, 
  * Returns the old cancel object for the caller to free, through *old_cancel. */
 void registry_update(void *handle, int failed, int fd, void *cancel, void **old_cancel);
 
-/* The program is about to free HANDLE. Waits (bounded by wait_until_ms,
- * monotonic) while a drain owns it. Returns 1 if it is tracked. */
-int registry_begin_free(void *handle, int64_t wait_until_ms);
-/* The program freed HANDLE. Returns its cancel object for the caller to free;
- * *info (if given) gets a shallow copy of the entry, without its stack. */
-void *registry_end_free(void *handle, struct lc_entry *info);
+/* The program is about to free HANDLE: its entry leaves the registry (the
+ * drain will not see it again). Waits first, bounded by wait_until_ms
+ * (monotonic), while a drain owns it. Returns 1 if it was tracked; *info (if
+ * given) then gets a copy of the entry without its stack, whose cancel object
+ * the caller frees. */
+int registry_take(void *handle, int64_t wait_until_ms, struct lc_entry *info);
 
 /* Live entries owned by this process, without locking: for signal handlers. */
 unsigned long registry_owned_live(void);

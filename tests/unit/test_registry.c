@@ -18,14 +18,26 @@ Test(registry, add_and_free)
     registry_counts(&c);
     cr_assert_eq(c.opened[LC_KIND_PQ], 1);
     cr_assert_eq(c.failed[LC_KIND_REDIS], 1);
-    cr_assert_eq(registry_begin_free(&a, 0), 1);
-    registry_end_free(&a, NULL);
+    cr_assert_eq(registry_take(&a, 0, NULL), 1);
     cr_assert_eq(registry_owned_live(), 1);
     int unknown;
-    cr_assert_eq(registry_begin_free(&unknown, 0), 0);
+    cr_assert_eq(registry_take(&unknown, 0, NULL), 0);
     registry_counts(&c);
     cr_assert_eq(c.closed[LC_KIND_PQ], 1);
     cr_assert_eq(c.live[LC_KIND_REDIS], 1);
+}
+
+Test(registry, freed_entries_are_reused_cleanly)
+{
+    int a, b;
+    struct lc_entry *first = registry_add(&a, LC_KIND_PQ, 0, 1, 5, "first-target", NULL, NULL);
+    registry_take(&a, 0, NULL);
+    struct lc_entry *second = registry_add(&b, LC_KIND_REDIS, 1, 0, 6, "x", NULL, NULL);
+    cr_assert_eq(first, second, "the freed entry should be reused");
+    cr_assert_eq(second->failed, 0);
+    cr_assert_eq(second->is_async, 1);
+    cr_assert_str_eq(second->target, "x");
+    cr_assert_eq(second->state, LC_ENTRY_OPEN);
 }
 
 Test(registry, same_address_replaces_stale_entry)
@@ -52,7 +64,7 @@ Test(registry, claim_marks_draining_and_skips_closing)
     registry_add(&a, LC_KIND_PQ, 0, 0, 5, "a", NULL, NULL);
     registry_add(&b, LC_KIND_PQ, 0, 0, 6, "b", NULL, NULL);
     registry_add(&c, LC_KIND_REDIS, 0, 0, 7, "c", NULL, NULL);
-    registry_begin_free(&b, 0); /* the program is freeing b */
+    registry_take(&b, 0, NULL); /* the program freed b */
     struct lc_entry *out[8];
     size_t n = registry_claim_for_drain(getpid(), out, 8);
     cr_assert_eq(n, 2);
@@ -74,8 +86,7 @@ static void *churn(void *arg)
     char handles[1000];
     for (int i = 0; i < 1000; i++) {
         registry_add(&handles[i], i % 2, 0, 0, i, "t", NULL, NULL);
-        if (registry_begin_free(&handles[i], 0))
-            registry_end_free(&handles[i], NULL);
+        registry_take(&handles[i], 0, NULL);
     }
     return NULL;
 }
