@@ -167,10 +167,11 @@ Test(bench, nanoseconds_per_intercepted_call)
     figure("time added per intercepted call (20M PQisBusy)", value, "<= 5 ns", mw - mo <= 5.0);
 }
 
-/* Instructions per connect/close cycle, with and without: deterministic,
- * where the wall-clock ratios above move by several percent run to run. */
-static void connect_instructions(const char *name, const char *cmd, const char *const *env,
-                                 double goal)
+/* User-space instructions per connect/close cycle, with and without:
+ * deterministic, where the wall-clock ratios move by several percent run to
+ * run. Information, not a goal: a cycle's time is mostly system calls, which
+ * callgrind does not count. */
+static void connect_instructions(const char *name, const char *cmd, const char *const *env)
 {
     const long n1 = 100, n2 = 600;
     long w1 = callgrind_instructions_of(1, env, cmd, n1);
@@ -178,16 +179,14 @@ static void connect_instructions(const char *name, const char *cmd, const char *
     long o1 = callgrind_instructions_of(0, NULL, cmd, n1);
     long o2 = callgrind_instructions_of(0, NULL, cmd, n2);
     if (w1 < 0 || w2 < 0 || o1 < 0 || o2 < 0) {
-        figure(name, "valgrind unavailable", "", 0);
+        printf("%-58s valgrind unavailable\n", name);
         return;
     }
     double with = (double)(w2 - w1) / (double)(n2 - n1);
     double without = (double)(o2 - o1) / (double)(n2 - n1);
-    char value[160], g[32];
-    snprintf(value, sizeof value, "%.0f vs %.0f instr/cycle: ratio %.3f", with, without,
-             with / without);
-    snprintf(g, sizeof g, "<= %.2f", goal);
-    figure(name, value, g, with / without <= goal);
+    printf("%-58s %.0f instructions added (%.0f vs %.0f a cycle)\n", name, with - without, with,
+           without);
+    fflush(stdout);
 }
 
 Test(bench, connect_close_cycles)
@@ -198,11 +197,9 @@ Test(bench, connect_close_cycles)
     ratio("Redis connect/close, stacks off", "redis-connect", 4000, NULL, 1.01);
     ratio("PostgreSQL connect/close, stacks on", "pq-connect", 200, stacks_on, 1.01);
     ratio("Redis connect/close, stacks on", "redis-connect", 4000, stacks_on, 1.3);
-    connect_instructions("Redis connect/close, stacks off (callgrind)", "redis-connect", NULL, 1.01);
-    connect_instructions("Redis connect/close, stacks on (callgrind)", "redis-connect", stacks_on,
-                         1.3);
-    connect_instructions("PostgreSQL connect/close, stacks off (callgrind)", "pq-connect", NULL,
-                         1.01);
+    connect_instructions("Redis connect/close, stacks off (callgrind)", "redis-connect", NULL);
+    connect_instructions("Redis connect/close, stacks on (callgrind)", "redis-connect", stacks_on);
+    connect_instructions("PostgreSQL connect/close, stacks off (callgrind)", "pq-connect", NULL);
 }
 
 static double pgbench_tps(int preload)
