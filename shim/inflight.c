@@ -243,12 +243,11 @@ void inflight_slow_leave(void *prev)
 
 /* ---- the gate ---- */
 
+/* Lock-free: the atexit drain may run inside a signal handler. */
 void gate_set_exiting_thread(void)
 {
-    pthread_mutex_lock(&gate_lock);
-    exiting_thread = pthread_self();
-    exiting_thread_set = 1;
-    pthread_mutex_unlock(&gate_lock);
+    __atomic_store_n(&exiting_thread, pthread_self(), __ATOMIC_RELEASE);
+    __atomic_store_n(&exiting_thread_set, 1, __ATOMIC_RELEASE);
 }
 
 void gate_close(int mode, int64_t wait_until_ms)
@@ -274,8 +273,8 @@ void gate_finish(void)
 void gate_wait(void)
 {
     pthread_mutex_lock(&gate_lock);
-    if (gate_mode == LC_GATE_EXIT && exiting_thread_set &&
-        pthread_equal(exiting_thread, pthread_self())) {
+    if (gate_mode == LC_GATE_EXIT && __atomic_load_n(&exiting_thread_set, __ATOMIC_ACQUIRE) &&
+        pthread_equal(__atomic_load_n(&exiting_thread, __ATOMIC_ACQUIRE), pthread_self())) {
         pthread_mutex_unlock(&gate_lock);
         return;
     }

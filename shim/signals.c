@@ -10,7 +10,6 @@
 #include "lc.h"
 #include "registry.h"
 #include "runtime.h"
-#include "symbols.h"
 
 /* glibc's own name for the real sigaction: calling it directly spares every
  * process (a shell, /bin/true) a dlsym at start-up. */
