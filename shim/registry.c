@@ -26,9 +26,26 @@ static struct entry *table;
 static struct lc_registry_counts counts;
 static unsigned long owned_live; /* read by signal handlers without the lock */
 
+/* getpid() is a system call, and the connect path would make several.
+ * The cached value is refreshed in the fork child (registry_atfork_child).
+ * A child made without fork()'s handlers (raw clone, _Fork) would stamp its
+ * entries with the parent's pid: the drain claims by the real getpid(), so
+ * such a child can miss its own connections but never touches the parent's. */
+static pid_t cached_pid;
+
+pid_t registry_self_pid(void)
+{
+    pid_t p = __atomic_load_n(&cached_pid, __ATOMIC_RELAXED);
+    if (p == 0) {
+        p = getpid();
+        __atomic_store_n(&cached_pid, p, __ATOMIC_RELAXED);
+    }
+    return p;
+}
+
 static void count_live(const struct entry *e, int delta)
 {
-    if (e->pub.pid != getpid())
+    if (e->pub.pid != registry_self_pid())
         return;
     counts.live[e->pub.kind] += (unsigned long)delta;
     __atomic_add_fetch(&owned_live, (unsigned long)delta, __ATOMIC_RELEASE);
@@ -86,7 +103,7 @@ struct lc_entry *registry_add(void *handle, int kind, int is_async, int failed, 
     clock_gettime(CLOCK_REALTIME, &ts);
     int64_t now = lc_now_ms();
     unsigned long tid = current_tid();
-    pid_t pid = getpid();
+    pid_t pid = registry_self_pid();
 
     pthread_mutex_lock(&registry_lock);
     struct entry *e = entry_alloc_locked();
@@ -342,6 +359,7 @@ void registry_atfork_parent(void)
 
 void registry_atfork_child(void)
 {
+    __atomic_store_n(&cached_pid, getpid(), __ATOMIC_RELAXED);
     /* Every entry is the parent's: the child counts from zero. */
     memset(&counts, 0, sizeof counts);
     __atomic_store_n(&owned_live, 0, __ATOMIC_RELEASE);

@@ -61,6 +61,9 @@ void registry_update(void *handle, int failed, int fd, void *cancel, void **old_
  * the caller frees. */
 int registry_take(void *handle, int64_t wait_until_ms, struct lc_entry *info);
 
+/* This process's pid, cached (refreshed in a fork child). */
+pid_t registry_self_pid(void);
+
 /* Live entries owned by this process, without locking: for signal handlers. */
 unsigned long registry_owned_live(void);
 

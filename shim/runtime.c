@@ -227,7 +227,7 @@ static void exit_drain(void);
 
 void runtime_on_connect(int uses_ssl)
 {
-    pid_t self = getpid();
+    pid_t self = registry_self_pid();
     if (__atomic_load_n(&runtime_pid, __ATOMIC_ACQUIRE) == self &&
         (!uses_ssl || __atomic_load_n(&ssl_atexit_registered, __ATOMIC_ACQUIRE)))
         return;

@@ -403,6 +403,8 @@ static int cmd_prefork(int children)
         if (pid == 0) {
             PGconn *mine = pg_open();
             pg_ok(mine, "SELECT 1");
+            if (i % 5 == 0 || i % 5 == 4)
+                pg_ok(mine, "BEGIN"); /* left open: only the child's own drain closes it cleanly */
             redisContext *rmine = redis_open();
             freeReplyObject(redisCommand(rmine, "PING"));
             switch (i % 5) {

@@ -180,6 +180,11 @@ Test(faults, prefork_children_leave_the_parent_connections_intact)
     int s = run(&o, argv, &p, 120000);
     cr_assert(WIFEXITED(s) && WEXITSTATUS(s) == 0, "status %d: %s %s", s, p.out, p.err);
     cr_assert(strstr(p.out, "parent intact"), "%s", p.out);
+    /* Children that exit() or die by SIGTERM drain their own transactions. */
+    cr_assert_eq(pg_wait_backends_gone("prefork", 10000), 0);
+    if (pg_log_count("prefork", "unexpected EOF"))
+        pg_log_dump_app("prefork");
+    cr_assert_eq(pg_log_count("prefork", "unexpected EOF"), 0);
 }
 
 /* A setuid program ignores every LASTCALL_* variable (secure_getenv). The
