@@ -2,6 +2,7 @@
 #ifndef LC_H
 #define LC_H
 
+#include <fcntl.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -28,6 +29,14 @@ static inline int64_t lc_now_us(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* The drain writes only to non-blocking sockets: a full one means "later". */
+static inline void lc_set_nonblocking(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0 && !(fl & O_NONBLOCK))
+        fcntl(fd, F_SETFL, fl | O_NONBLOCK);
 }
 
 /* The CLOCK_REALTIME instant MS milliseconds from now, for pthread_cond_timedwait. */

@@ -2,7 +2,6 @@
  * and in-flight tracking), and how a PostgreSQL connection is closed. */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
@@ -187,31 +186,25 @@ LC_EXPORT void PQreset(PGconn *conn)
 PQ_RESET_HOOK(int, PQresetStart)
 PQ_RESET_HOOK(PostgresPollingStatusType, PQresetPoll)
 
-LC_EXPORT void PQfinish(PGconn *conn)
+static int real_pqfinish(void *conn)
 {
     void (*real)(PGconn *) = PQ_HOOKED(PQfinish);
-    if (LC_UNLIKELY(real == NULL))
-        return;
-    if (conn == NULL || lc_depth > 0) {
+    if (real)
         real(conn);
+    return 0;
+}
+
+LC_EXPORT void PQfinish(PGconn *conn)
+{
+    if (conn == NULL || lc_depth > 0) {
+        real_pqfinish(conn);
         return;
     }
-    lc_active();
-    INFLIGHT_ENTER(conn);
-    /* While the drain owns this connection we are not inside libpq: say so,
-     * or the drain would wait for us while we wait for it. */
-    void *self = inflight_suspend();
     struct lc_entry info;
-    int tracked = registry_take(conn, lc_now_ms() + lc_cfg.deadline_ms + 100, &info);
-    inflight_resume(self);
-    lc_depth++;
-    real(conn); /* after a drain the socket is shut down: this returns at once */
-    lc_depth--;
-    if (tracked) {
+    int tracked;
+    runtime_free_tracked(conn, real_pqfinish, &info, &tracked);
+    if (tracked)
         pq_free_cancel(info.cancel);
-        runtime_log_close(&info);
-    }
-    INFLIGHT_LEAVE(conn);
 }
 
 /* ---- query path: the gate and the per-thread in-flight slot ---- */
@@ -334,10 +327,7 @@ static void pq_terminate(struct lc_entry *e, int fd)
             (ssl_write_fn)sym_cached(&ssl_write_cache, LC_LIB_SSL, "SSL_write", NULL);
         void *ssl = PQ(PQsslStruct) ? PQ(PQsslStruct)(conn, "OpenSSL") : NULL;
         if (ssl_write && ssl) {
-            /* Non-blocking, so a full socket cannot hang us. */
-            int fl = fcntl(fd, F_GETFL);
-            if (fl >= 0 && !(fl & O_NONBLOCK))
-                fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+            lc_set_nonblocking(fd); /* a full socket cannot hang us */
             ssl_write(ssl, terminate_msg, (int)sizeof terminate_msg);
         }
         return;

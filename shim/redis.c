@@ -2,7 +2,6 @@
  * gate and in-flight tracking), and how a Redis connection is closed. */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <fcntl.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -245,16 +244,17 @@ LC_EXPORT int redisReconnect(redisContext *c)
 
 /* redisFree, redisFreeKeepFd, redisAsyncFree: hiredis calls redisFree from
  * the other two with the same pointer (the sync context is the async one's
- * first member), so the nesting guard makes each free count once. */
-/* The real frees, in one shape for redis_free_tracked. */
-static int free_sync(redisContext *c)
+ * first member), so the nesting guard makes each free count once. The real
+ * frees, in the one shape runtime_free_tracked takes: */
+static int real_free(void *c)
 {
     void (*real)(redisContext *) = RD_HOOKED(redisFree);
     if (real)
         real(c);
     return 0;
 }
-static int free_async(redisAsyncContext *ac)
+
+static int real_async_free(void *ac)
 {
     void (*real)(redisAsyncContext *) = RD_HOOKED(redisAsyncFree);
     if (real)
@@ -262,55 +262,34 @@ static int free_async(redisAsyncContext *ac)
     return 0;
 }
 
-static int redis_free_tracked(void *ctx, int (*do_free)(void *))
-{
-    lc_active();
-    INFLIGHT_ENTER(ctx);
-    void *self = inflight_suspend();
-    struct lc_entry info;
-    int tracked = registry_take(ctx, lc_now_ms() + lc_cfg.deadline_ms + 100, &info);
-    inflight_resume(self);
-    lc_depth++;
-    int r = do_free(ctx);
-    lc_depth--;
-    if (tracked)
-        runtime_log_close(&info);
-    INFLIGHT_LEAVE(ctx);
-    return r;
-}
-
-static int do_free_sync(void *ctx) { return free_sync(ctx); }
-static int do_free_async(void *ctx) { return free_async(ctx); }
-
-static int do_free_keepfd(void *ctx)
+static int real_free_keepfd(void *c)
 {
     int (*real)(redisContext *) = RD_HOOKED(redisFreeKeepFd);
-    return real ? real(ctx) : -1;
+    return real ? real(c) : -1;
+}
+
+static int redis_free_tracked(void *ctx, int (*do_free)(void *))
+{
+    if (ctx == NULL || lc_depth > 0)
+        return do_free(ctx);
+    struct lc_entry info;
+    int tracked;
+    return runtime_free_tracked(ctx, do_free, &info, &tracked);
 }
 
 LC_EXPORT void redisFree(redisContext *c)
 {
-    if (c == NULL || lc_depth > 0) {
-        free_sync(c);
-        return;
-    }
-    redis_free_tracked(c, do_free_sync);
+    redis_free_tracked(c, real_free);
 }
 
 LC_EXPORT int redisFreeKeepFd(redisContext *c)
 {
-    if (c == NULL || lc_depth > 0)
-        return do_free_keepfd(c);
-    return redis_free_tracked(c, do_free_keepfd);
+    return redis_free_tracked(c, real_free_keepfd);
 }
 
 LC_EXPORT void redisAsyncFree(redisAsyncContext *ac)
 {
-    if (ac == NULL || lc_depth > 0) {
-        free_async(ac);
-        return;
-    }
-    redis_free_tracked(ac, do_free_async);
+    redis_free_tracked(ac, real_async_free);
 }
 
 /* ---- command path ---- */
@@ -466,9 +445,7 @@ static int redis_flush(struct lc_entry *e, int fd)
     int (*buffer_write)(redisContext *, int *) = RD(redisBufferWrite);
     if (buffer_write == NULL)
         return LC_FLUSH_GIVE_UP;
-    int fl = fcntl(fd, F_GETFL);
-    if (fl >= 0 && !(fl & O_NONBLOCK))
-        fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+    lc_set_nonblocking(fd);
     /* redisBufferWrite treats EAGAIN as fatal on a blocking context: clear
      * REDIS_BLOCK (flags sits right after fd) so a full socket means "later". */
     int off = redis_fd_offset() + (int)sizeof(int);

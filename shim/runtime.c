@@ -255,13 +255,15 @@ int runtime_drain_requested(void)
            __atomic_load_n(&runtime_pid, __ATOMIC_ACQUIRE) == getpid();
 }
 
-/* Async-signal-safe: atomics, clock_gettime, getpid, write. */
+/* Wakes this process's drain thread. Async-signal-safe: atomics,
+ * clock_gettime, getpid, write. Returns 0, or -1 without a drain thread. */
 static int post_request(int sig)
 {
     if (!drain_thread_ok || runtime_pid != getpid() || wake_pipe[1] < 0)
         return -1;
     struct drain_request req = {.sig = sig, .start_ms = lc_now_ms()};
-    __atomic_store_n(&drain_requested, 1, __ATOMIC_RELEASE);
+    if (sig != REQ_STATUS)
+        __atomic_store_n(&drain_requested, 1, __ATOMIC_RELEASE);
     ssize_t w;
     do
         w = write(wake_pipe[1], &req, sizeof req);
@@ -276,13 +278,7 @@ int runtime_request_signal_drain(int sig)
 
 void runtime_request_status(void)
 {
-    if (!drain_thread_ok || runtime_pid != getpid() || wake_pipe[1] < 0)
-        return;
-    struct drain_request req = {.sig = REQ_STATUS, .start_ms = lc_now_ms()};
-    ssize_t w;
-    do
-        w = write(wake_pipe[1], &req, sizeof req);
-    while (w < 0 && errno == EINTR);
+    post_request(REQ_STATUS);
 }
 
 void runtime_log_open(int kind, const void *handle, const char *target, int failed, int ssl)
@@ -310,6 +306,25 @@ void runtime_log_close(const struct lc_entry *info)
              info->kind == LC_KIND_PQ ? "postgresql" : "redis", info->handle);
     lc_event(LC_LOG_DEBUG, "close", fields, "close %s %p",
              info->kind == LC_KIND_PQ ? "PostgreSQL" : "Redis", info->handle);
+}
+
+int runtime_free_tracked(void *handle, int (*do_free)(void *), struct lc_entry *info,
+                         int *tracked)
+{
+    lc_active();
+    INFLIGHT_ENTER(handle);
+    /* While the drain owns this connection we are not inside the library: say
+     * so, or the drain would wait for us while we wait for it. */
+    void *self = inflight_suspend();
+    *tracked = registry_take(handle, lc_now_ms() + lc_cfg.deadline_ms + 100, info);
+    inflight_resume(self);
+    lc_depth++;
+    int r = do_free(handle); /* after a drain the socket is shut down: this returns at once */
+    lc_depth--;
+    if (*tracked)
+        runtime_log_close(info);
+    INFLIGHT_LEAVE(handle);
+    return r;
 }
 
 void runtime_touch(void *handle)

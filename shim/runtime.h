@@ -36,6 +36,14 @@ void runtime_log_close(const struct lc_entry *info);
  * Async-signal-safe. */
 void runtime_request_status(void);
 
+/* The program frees HANDLE (PQfinish, redisFree...): waits while the drain
+ * owns it, takes it out of the registry, runs DO_FREE (the real free, nested
+ * calls not counted) and logs the close. Returns DO_FREE's result; *tracked
+ * says whether HANDLE was tracked, *info then describes it (its cancel object
+ * is the caller's to free). */
+int runtime_free_tracked(void *handle, int (*do_free)(void *), struct lc_entry *info,
+                         int *tracked);
+
 /* Is a drain under way in this process? (async-signal-safe) */
 int runtime_drain_requested(void);
 /* From a signal handler: wake the drain thread. Returns 0, or -1 when this
