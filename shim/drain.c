@@ -189,13 +189,19 @@ static int is_unix_socket(int fd)
  * to wait until the server has taken what we sent: on a unix socket until
  * nothing of ours is left unread (SIOCOUTQ), over TCP until the server's EOF
  * (acknowledged is not yet read). PostgreSQL gets its 5-byte Terminate and
- * needs no wait: the backend reads it after our FIN as well as before. */
+ * needs no wait (the backend reads it after our FIN as well as before),
+ * unless the server may still be sending (a cancelled query's error and
+ * ReadyForQuery): then we wait for its EOF, or it logs a broken pipe (seen
+ * once in the pgbench test). */
 static void goodbye(struct work *w, int wrote)
 {
+    int server_sending = w->ops->server_may_send && w->ops->server_may_send(w->e);
     if (w->ops->terminate)
         w->ops->terminate(w->e, w->fd);
     shutdown(w->fd, SHUT_WR);
-    if (w->e->kind == LC_KIND_PQ || !wrote)
+    if (server_sending)
+        w->step = STEP_AWAIT_EOF;
+    else if (w->e->kind == LC_KIND_PQ || !wrote)
         w->step = STEP_DONE;
     else if (is_unix_socket(w->fd))
         w->step = unsent_bytes(w->fd) > 0 ? STEP_AWAIT_CONSUMED : STEP_DONE;

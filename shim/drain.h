@@ -20,6 +20,9 @@ struct lc_kind_ops {
     int (*flush)(struct lc_entry *e, int fd);
     /* Say goodbye in the protocol (PostgreSQL Terminate). May be NULL. */
     void (*terminate)(struct lc_entry *e, int fd);
+    /* The server may still send (a query's results, a cancelled query's
+     * error): closing then would make it log a broken pipe. May be NULL. */
+    int (*server_may_send)(struct lc_entry *e);
     /* Idle inside a transaction (for status snapshots). May be NULL. */
     int (*in_transaction)(struct lc_entry *e);
 };

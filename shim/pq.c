@@ -338,6 +338,12 @@ static void pq_terminate(struct lc_entry *e, int fd)
     while (w < 0 && errno == EINTR);
 }
 
+static int pq_server_may_send(struct lc_entry *e)
+{
+    return !e->failed && PQ(PQtransactionStatus) &&
+           PQ(PQtransactionStatus)((PGconn *)e->handle) == PQTRANS_ACTIVE;
+}
+
 static int pq_in_transaction(struct lc_entry *e)
 {
     if (e->failed || PQ(PQtransactionStatus) == NULL)
@@ -353,5 +359,6 @@ const struct lc_kind_ops lc_pq_ops = {
     .cancel = pq_cancel,
     .flush = pq_flush,
     .terminate = pq_terminate,
+    .server_may_send = pq_server_may_send,
     .in_transaction = pq_in_transaction,
 };

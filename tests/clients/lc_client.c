@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <libpq-fe.h>
 
@@ -275,6 +276,19 @@ __attribute__((noreturn)) static int cmd_exit_in_handler(const char *key)
         pause();
 }
 
+/* An async context with a command queued and no event loop ever run: only
+ * the exit drain can flush it. */
+static int cmd_async_exit(const char *key)
+{
+    redisAsyncContext *ac = redisAsyncConnectUnix(getenv("LC_TEST_REDIS_SOCK"));
+    if (ac == NULL || ac->err)
+        die("async connect failed");
+    if (redisAsyncCommand(ac, NULL, NULL, "SET %s %s", key, "async-value") != REDIS_OK)
+        die("async command failed");
+    print_stats();
+    exit(0);
+}
+
 /* Holds connections open (one in a transaction, a buffered Redis SET) and
  * waits to be signalled. */
 __attribute__((noreturn)) static int cmd_hold(const char *key)
@@ -477,6 +491,8 @@ int main(int argc, char **argv)
         return cmd_own_handler(argv[2]);
     if (strcmp(cmd, "exit-in-handler") == 0 && argc >= 3)
         return cmd_exit_in_handler(argv[2]);
+    if (strcmp(cmd, "async-exit") == 0 && argc >= 3)
+        return cmd_async_exit(argv[2]);
     if (strcmp(cmd, "hold") == 0 && argc >= 3)
         return cmd_hold(argv[2]);
     if (strcmp(cmd, "killed-conns") == 0)

@@ -182,3 +182,34 @@ Test(exit_drain, stalled_servers_with_output_queued_meet_the_deadline)
     cr_assert_leq(elapsed_ms, 1100 + slack_ms(), "exit took %lld ms", (long long)elapsed_ms);
     pg_wait_backends_gone("stall", 10000);
 }
+
+Test(exit_drain, async_redis_context_is_tracked_and_flushed)
+{
+    struct proc p;
+    const char *argv[] = {CLIENT, "async-exit", "async_key", NULL};
+    struct run_opts o = {.preload = 1};
+    assert_exit0(run(&o, argv, &p, 30000), &p);
+    cr_assert(strstr(p.out, "redis_opened=1"), "%s", p.out);
+    char *v = redis_get("async_key");
+    cr_assert(v && strcmp(v, "async-value") == 0, "the queued async SET was lost");
+
+    /* Without lastcall nothing ever writes it. */
+    const char *argv2[] = {CLIENT, "async-exit", "async_key_without", NULL};
+    struct run_opts plain = {.preload = 0};
+    assert_exit0(run(&plain, argv2, &p, 30000), &p);
+    cr_assert_null(redis_get("async_key_without"));
+}
+
+Test(exit_drain, disabled_lastcall_does_nothing)
+{
+    struct proc p;
+    const char *env[] = {"LASTCALL_DISABLE=1", NULL};
+    const char *argv[] = {CLIENT, "exit-open-tx", "2", "disabled_key", NULL};
+    struct run_opts o = {.preload = 1, .env = env, .app = "disabled"};
+    assert_exit0(run(&o, argv, &p, 30000), &p);
+    cr_assert(strstr(p.out, "pq_opened=0"), "%s", p.out);
+    cr_assert_eq(pg_wait_backends_gone("disabled", 10000), 0);
+    /* As without lastcall: abrupt ends, the buffered SET lost. */
+    cr_assert_eq(pg_log_count("disabled", "unexpected EOF"), 2);
+    cr_assert_null(redis_get("disabled_key"));
+}

@@ -341,3 +341,37 @@ Test(signal_drain, pqreset_refreshes_the_cancel_key)
     cr_assert_eq(pg_wait_backends_gone("after_reset", 3000), 0);
     cr_assert_eq(pg_log_count("after_reset", "canceling statement due to user request"), 1);
 }
+
+Test(signal_drain, lastcall_signals_none_leaves_sigterm_alone)
+{
+    struct proc p;
+    const char *env[] = {"LASTCALL_SIGNALS=none", NULL};
+    struct run_opts o = {.preload = 1, .env = env, .app = "signals_none"};
+    const char *argv[] = {CLIENT, "hold", "signals_none_key", NULL};
+    proc_start(&p, &o, argv);
+    cr_assert_eq(proc_wait_for(&p, "ready", 10000), 0, "%s", p.err);
+    kill(p.pid, SIGTERM);
+    int s = proc_wait(&p, 10000, NULL);
+    cr_assert(died_by(s, SIGTERM), "status %d", s);
+    cr_assert_eq(pg_wait_backends_gone("signals_none", 10000), 0);
+    /* No drain: the open transaction ends abruptly, the buffered SET is lost. */
+    cr_assert_eq(pg_log_count("signals_none", "unexpected EOF"), 1);
+    cr_assert_null(redis_get("signals_none_key"));
+}
+
+Test(signal_drain, lastcall_signals_hup_drains_on_sighup)
+{
+    struct proc p;
+    const char *env[] = {"LASTCALL_SIGNALS=HUP", NULL};
+    struct run_opts o = {.preload = 1, .env = env, .app = "signals_hup"};
+    const char *argv[] = {CLIENT, "hold", "signals_hup_key", NULL};
+    proc_start(&p, &o, argv);
+    cr_assert_eq(proc_wait_for(&p, "ready", 10000), 0, "%s", p.err);
+    kill(p.pid, SIGHUP);
+    int s = proc_wait(&p, 10000, NULL);
+    cr_assert(died_by(s, SIGHUP), "status %d", s);
+    cr_assert_eq(pg_wait_backends_gone("signals_hup", 10000), 0);
+    cr_assert_eq(pg_log_abrupt("signals_hup"), 0);
+    char *v = redis_get("signals_hup_key");
+    cr_assert(v && strcmp(v, "held") == 0);
+}
