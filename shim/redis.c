@@ -25,9 +25,16 @@
 #define RD(name) REAL_IN(LC_LIB_HIREDIS, name)
 #define RD_HOOKED(name) HOOKED_REAL_IN(LC_LIB_HIREDIS, name)
 
-/* hiredis 1.x only; declared here because 0.14's headers lack them. */
-redisContext *redisConnectWithOptions(const void *options);
-redisAsyncContext *redisAsyncConnectWithOptions(const void *options);
+/* The options-struct connects exist only in hiredis 1.x. Against 0.14's
+ * headers they are declared here with an opaque type; against 1.x's, the
+ * headers' own declarations (const redisOptions *) are used as they are. */
+#if defined(HIREDIS_MAJOR) && HIREDIS_MAJOR >= 1
+typedef redisOptions lc_redis_options;
+#else
+typedef void lc_redis_options;
+redisContext *redisConnectWithOptions(const lc_redis_options *options);
+redisAsyncContext *redisAsyncConnectWithOptions(const lc_redis_options *options);
+#endif
 
 /* ---- redisContext fields, by version ----
  * 0.14: int err; char errstr[128]; int fd; int flags; ...   -> fd at 132
@@ -213,7 +220,7 @@ REDIS_CONNECT_HOOK(SYNC, redisConnectUnixWithTimeout,
 REDIS_CONNECT_HOOK(SYNC, redisConnectUnixNonBlock, (const char *path), (path), UNIX)
 REDIS_CONNECT_HOOK(SYNC, redisConnectFd, (int fd), (fd),
                    snprintf(target, sizeof target, "fd:%d", fd))
-REDIS_CONNECT_HOOK(SYNC, redisConnectWithOptions, (const void *options), (options),
+REDIS_CONNECT_HOOK(SYNC, redisConnectWithOptions, (const lc_redis_options *options), (options),
                    target_options(target, sizeof target, options))
 REDIS_CONNECT_HOOK(ASYNC, redisAsyncConnect, (const char *ip, int port), (ip, port), TCP)
 REDIS_CONNECT_HOOK(ASYNC, redisAsyncConnectBind,
@@ -223,7 +230,7 @@ REDIS_CONNECT_HOOK(ASYNC, redisAsyncConnectBindWithReuse,
                    (const char *ip, int port, const char *source_addr),
                    (ip, port, source_addr), TCP)
 REDIS_CONNECT_HOOK(ASYNC, redisAsyncConnectUnix, (const char *path), (path), UNIX)
-REDIS_CONNECT_HOOK(ASYNC, redisAsyncConnectWithOptions, (const void *options), (options),
+REDIS_CONNECT_HOOK(ASYNC, redisAsyncConnectWithOptions, (const lc_redis_options *options), (options),
                    target_options(target, sizeof target, options))
 
 LC_EXPORT int redisReconnect(redisContext *c)

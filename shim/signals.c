@@ -18,6 +18,14 @@ static int managed[NSIG];
 static int status_sig;
 /* What the program believes each managed signal's disposition is. */
 static struct sigaction virtual_act[NSIG];
+/* The pid that received a managed signal: a fork child starts afresh. */
+static pid_t shutdown_pid;
+
+int signals_shutdown_started(void)
+{
+    pid_t p = __atomic_load_n(&shutdown_pid, __ATOMIC_ACQUIRE);
+    return p != 0 && p == getpid();
+}
 
 static int real_sigaction(int sig, const struct sigaction *act, struct sigaction *old)
 {
@@ -128,6 +136,7 @@ static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
         errno = saved_errno;
         return;
     }
+    __atomic_store_n(&shutdown_pid, getpid(), __ATOMIC_RELEASE);
     if (runtime_drain_requested()) {
         /* Second signal during a drain: the user means it. */
         die_on_return(sig);

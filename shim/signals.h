@@ -12,4 +12,9 @@ void signals_install(const sigset_t *managed, int status_signal);
  * drops a default-action signal) exit with 128+N. Async-signal-safe. */
 void signals_die(int sig) __attribute__((noreturn));
 
+/* Nonzero once a managed signal (not the status signal) has been delivered
+ * to this process, whether the program handles it or the default action
+ * drains: from then on the process is shutting down. Async-signal-safe. */
+int signals_shutdown_started(void);
+
 #endif
