@@ -173,6 +173,7 @@ static void *drain_thread_main(void *arg)
         if (req.sig == REQ_STATUS) {
             report_status();
         } else if (req.sig == REQ_EXIT) {
+            signals_resync();
             if (registry_owned_live() > 0) {
                 drain_run(LC_GATE_EXIT, req.start_ms, &result);
                 log_result("exit", &result);
@@ -183,6 +184,7 @@ static void *drain_thread_main(void *arg)
             while (write(done_pipe[1], &c, 1) < 0 && errno == EINTR)
                 ;
         } else {
+            signals_resync();
             drain_run(LC_GATE_SIGNAL, req.start_ms, &result);
             const char *name = config_signal_name((int)req.sig);
             char why[32];

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -16,8 +17,25 @@
 extern int __sigaction(int sig, const struct sigaction *act, struct sigaction *oldact);
 static int managed[NSIG];
 static int status_sig;
-/* What the program believes each managed signal's disposition is. */
+/* What the program believes each managed signal's disposition is, held as
+ * the kernel would hold it (see normalize()), so that a read-back through
+ * sigaction() or signal() gives exactly what it gives without lastcall. */
 static struct sigaction virtual_act[NSIG];
+/* The program changed the disposition behind our back (a raw rt_sigaction
+ * syscall): the kernel holds its choice, and we leave it there. */
+static int foreign[NSIG];
+/* Signals siginterrupt() made interrupting: glibc's signal() reads the same
+ * set (its private _sigintr) to decide on SA_RESTART. */
+static sigset_t interrupting;
+/* Flag bits and restorer glibc's sigaction adds on its way to the kernel
+ * (SA_RESTORER on x86-64); learnt from the kernel the first time we need them. */
+static unsigned long glibc_added_flags;
+static void (*glibc_restorer)(void);
+static int glibc_added_known;
+/* Serialises the virtual table's writers (the sigaction hook, resync). Taken
+ * only with every managed signal blocked on the taking thread, never in a
+ * signal handler, so it cannot deadlock against our own handler. */
+static int table_lock;
 /* The pid that received a managed signal: a fork child starts afresh. */
 static pid_t shutdown_pid;
 
@@ -39,23 +57,125 @@ static int is_managed(int sig)
     return sig > 0 && sig < NSIG && managed[sig];
 }
 
+/* A disposition is SIG_DFL, SIG_IGN or a function, whatever SA_SIGINFO says:
+ * sa_handler and sa_sigaction share storage, so SIG_DFL with SA_SIGINFO is a
+ * NULL sa_sigaction (PHP resets its SIGTERM handler that way, then re-raises),
+ * and SIG_IGN is (void *)1 under either flag. Nothing else may decide whether
+ * a handler can be called. */
+enum disposition { DISP_DEFAULT, DISP_IGNORE, DISP_FUNCTION };
+
+static enum disposition disposition_of(const struct sigaction *a)
+{
+    if (a->sa_handler == SIG_DFL)
+        return DISP_DEFAULT;
+    if (a->sa_handler == SIG_IGN)
+        return DISP_IGNORE;
+    return DISP_FUNCTION;
+}
+
+/* The flag bits the kernel keeps (it clears unknown ones since Linux 5.11, so
+ * a program can probe for support): SA_NOCLDSTOP, SA_NOCLDWAIT, SA_SIGINFO,
+ * SA_ONSTACK, SA_RESTART, SA_NODEFER, SA_RESETHAND, SA_EXPOSE_TAGBITS, and
+ * whatever glibc adds (SA_RESTORER). */
+#define KERNEL_KEPT_FLAGS                                                                      \
+    ((unsigned long)(SA_NOCLDSTOP | SA_NOCLDWAIT | SA_SIGINFO | SA_ONSTACK | SA_RESTART |      \
+                     SA_NODEFER | SA_RESETHAND | 0x800))
+
+/* K is a kernel entry installed through glibc: what it has beyond the
+ * kernel's own flags, glibc added. */
+static void learn_glibc_additions(const struct sigaction *k)
+{
+    if (glibc_added_known)
+        return;
+    glibc_added_flags = (unsigned long)k->sa_flags & ~KERNEL_KEPT_FLAGS;
+    glibc_restorer = glibc_added_flags ? k->sa_restorer : NULL;
+    glibc_added_known = 1;
+}
+
+/* What the kernel would hold after the program's sigaction(ACT), as a later
+ * read-back shows it. */
+static void normalize(const struct sigaction *act, struct sigaction *out)
+{
+    *out = *act;
+    out->sa_flags = (int)(((unsigned long)act->sa_flags & KERNEL_KEPT_FLAGS) | glibc_added_flags);
+    out->sa_restorer = glibc_added_flags ? glibc_restorer : NULL;
+    sigdelset(&out->sa_mask, SIGKILL);
+    sigdelset(&out->sa_mask, SIGSTOP);
+}
+
 /* Puts the kernel disposition in line with the virtual one: ignored stays
- * ignored in the kernel (it survives exec, as for a background job's SIGINT);
- * anything else goes through our handler with the program's mask and flags. */
+ * ignored in the kernel (it survives exec, as for a background job's SIGINT,
+ * and a pending signal is discarded as it would be); anything else goes
+ * through our handler with the program's mask and flags. SA_RESETHAND is
+ * emulated (a kernel reset would let the next signal kill without a drain). */
 static int apply(int sig)
 {
     const struct sigaction *v = &virtual_act[sig];
-    if (!(v->sa_flags & SA_SIGINFO) && v->sa_handler == SIG_IGN)
-        return real_sigaction(sig, v, NULL);
+    if (disposition_of(v) == DISP_IGNORE) {
+        struct sigaction ign = *v;
+        ign.sa_flags &= ~(int)glibc_added_flags;
+        return real_sigaction(sig, &ign, NULL);
+    }
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_sigaction = lc_signal_handler;
     sa.sa_mask = v->sa_mask;
     int keep = SA_RESTART | SA_ONSTACK | SA_NODEFER;
     sa.sa_flags = SA_SIGINFO | (v->sa_flags & keep);
-    if (!(v->sa_flags & SA_SIGINFO) && v->sa_handler == SIG_DFL)
+    if (disposition_of(v) == DISP_DEFAULT)
         sa.sa_flags |= SA_RESTART; /* an in-flight call should go on, not see EINTR */
     return real_sigaction(sig, &sa, NULL);
+}
+
+static void lock_table(sigset_t *saved)
+{
+    sigset_t block;
+    sigemptyset(&block);
+    for (int s = 1; s < NSIG; s++)
+        if (managed[s])
+            sigaddset(&block, s);
+    pthread_sigmask(SIG_BLOCK, &block, saved);
+    while (__atomic_exchange_n(&table_lock, 1, __ATOMIC_ACQUIRE))
+        sched_yield();
+}
+
+static void unlock_table(const sigset_t *saved)
+{
+    __atomic_store_n(&table_lock, 0, __ATOMIC_RELEASE);
+    pthread_sigmask(SIG_SETMASK, saved, NULL);
+}
+
+/* Called with the table locked. A kernel disposition that is neither ours
+ * nor the SIG_IGN we put there was set behind our back: the program's choice
+ * wins, and becomes the virtual one. */
+static void resync_locked(int sig)
+{
+    struct sigaction k;
+    if (real_sigaction(sig, NULL, &k) != 0)
+        return;
+    int ours = (k.sa_flags & SA_SIGINFO) && k.sa_sigaction == lc_signal_handler;
+    if (ours) {
+        learn_glibc_additions(&k);
+        foreign[sig] = 0;
+        return;
+    }
+    if (!foreign[sig] && disposition_of(&k) == DISP_IGNORE &&
+        disposition_of(&virtual_act[sig]) == DISP_IGNORE) {
+        learn_glibc_additions(&k); /* we put it there, through glibc */
+        return;
+    }
+    virtual_act[sig] = k;
+    foreign[sig] = 1;
+}
+
+void signals_resync(void)
+{
+    sigset_t saved;
+    lock_table(&saved);
+    for (int sig = 1; sig < NSIG; sig++)
+        if (managed[sig])
+            resync_locked(sig);
+    unlock_table(&saved);
 }
 
 void signals_install(const sigset_t *set, int status_signal)
@@ -73,8 +193,8 @@ void signals_install(const sigset_t *set, int status_signal)
         if (real_sigaction(sig, &ours, &virtual_act[sig]) != 0)
             continue;
         managed[sig] = 1;
-        if (virtual_act[sig].sa_handler == SIG_IGN && !(virtual_act[sig].sa_flags & SA_SIGINFO))
-            apply(sig);
+        if (disposition_of(&virtual_act[sig]) == DISP_IGNORE)
+            real_sigaction(sig, &virtual_act[sig], NULL);
     }
 }
 
@@ -121,19 +241,32 @@ static void park_until_death(void)
         sigsuspend(&wait_mask);
 }
 
+/* Calls the program's handler. errno is not saved around it: without us the
+ * interrupted code sees whatever errno the handler left, and so it must here.
+ * A handler that longjmps out leaves our frame behind: nothing of ours is
+ * pending at this point. */
+static void call_program(int sig, const struct sigaction *v, siginfo_t *info, void *uctx)
+{
+    if (v->sa_flags & SA_SIGINFO)
+        v->sa_sigaction(sig, info, uctx);
+    else
+        v->sa_handler(sig);
+}
+
 static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
 {
     int saved_errno = errno;
+    struct sigaction v = virtual_act[sig];
     if (sig == status_sig) {
         /* Taken over for LASTCALL_STATUS_SIGNAL: a snapshot, then the
          * program's own handler if it has one; never the default action. */
         runtime_request_status();
-        struct sigaction v = virtual_act[sig];
-        if ((v.sa_flags & SA_SIGINFO) && v.sa_sigaction)
-            v.sa_sigaction(sig, info, uctx);
-        else if (!(v.sa_flags & SA_SIGINFO) && v.sa_handler != SIG_DFL && v.sa_handler != SIG_IGN)
-            v.sa_handler(sig);
         errno = saved_errno;
+        if (disposition_of(&v) == DISP_FUNCTION) {
+            if (v.sa_flags & SA_RESETHAND)
+                virtual_act[sig].sa_handler = SIG_DFL;
+            call_program(sig, &v, info, uctx);
+        }
         return;
     }
     __atomic_store_n(&shutdown_pid, getpid(), __ATOMIC_RELEASE);
@@ -143,26 +276,17 @@ static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
         errno = saved_errno;
         return;
     }
-    struct sigaction v = virtual_act[sig];
-    if (v.sa_flags & SA_SIGINFO) {
-        if (v.sa_flags & SA_RESETHAND) {
-            virtual_act[sig].sa_flags &= ~SA_SIGINFO;
-            virtual_act[sig].sa_handler = SIG_DFL;
-        }
-        v.sa_sigaction(sig, info, uctx);
-        errno = saved_errno;
+    switch (disposition_of(&v)) {
+    case DISP_IGNORE:
+        /* Only in the instant between the virtual entry and the kernel's. */
         return;
-    }
-    if (v.sa_handler == SIG_IGN) {
-        errno = saved_errno;
-        return;
-    }
-    if (v.sa_handler != SIG_DFL) {
+    case DISP_FUNCTION:
         if (v.sa_flags & SA_RESETHAND)
-            virtual_act[sig].sa_handler = SIG_DFL;
-        v.sa_handler(sig);
-        errno = saved_errno;
+            virtual_act[sig].sa_handler = SIG_DFL; /* the kernel keeps the flags */
+        call_program(sig, &v, info, uctx);
         return;
+    case DISP_DEFAULT:
+        break;
     }
     /* SIG_DFL: drain, then die by this signal. */
     if (!lc_active() || registry_owned_live() == 0 || runtime_request_signal_drain(sig) != 0) {
@@ -185,24 +309,32 @@ LC_EXPORT int sigaction(int sig, const struct sigaction *act, struct sigaction *
 {
     if (!is_managed(sig) || !lc_active())
         return real_sigaction(sig, act, oldact);
-    /* Block the signal on this thread so our handler never sees a
-     * half-written entry. */
-    sigset_t one, old;
-    sigemptyset(&one);
-    sigaddset(&one, sig);
-    pthread_sigmask(SIG_BLOCK, &one, &old);
-    if (oldact)
-        *oldact = virtual_act[sig];
+    /* ACT and OLDACT may be the same struct. */
+    struct sigaction want;
+    if (act)
+        want = *act;
+    sigset_t saved;
+    lock_table(&saved);
+    resync_locked(sig);
+    struct sigaction was = virtual_act[sig];
     int r = 0;
     if (act) {
-        virtual_act[sig] = *act;
+        normalize(&want, &virtual_act[sig]);
+        foreign[sig] = 0;
         r = apply(sig);
+        if (r != 0)
+            virtual_act[sig] = was;
     }
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    unlock_table(&saved);
+    if (oldact && r == 0)
+        *oldact = was;
     return r;
 }
 
-static sighandler_t set_handler(int sig, sighandler_t handler, int flags)
+/* glibc's signal(), sysv_signal(), sigset(), sigignore() and siginterrupt()
+ * call its internal sigaction, which our sigaction() never sees; so each is
+ * interposed, with glibc's semantics. */
+static sighandler_t set_handler(int sig, sighandler_t handler, const sigset_t *mask, int flags)
 {
     if (handler == SIG_ERR || sig < 1 || sig >= NSIG) {
         errno = EINVAL;
@@ -212,28 +344,94 @@ static sighandler_t set_handler(int sig, sighandler_t handler, int flags)
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = handler;
     sa.sa_flags = flags;
-    sigemptyset(&sa.sa_mask);
-    if (!(flags & SA_NODEFER))
-        sigaddset(&sa.sa_mask, sig);
+    sa.sa_mask = *mask;
     if (sigaction(sig, &sa, &old) != 0)
         return SIG_ERR;
     return old.sa_handler;
 }
 
-/* glibc's signal() calls its internal sigaction, which our sigaction() never
- * sees; so signal() and its aliases are interposed too. */
-LC_EXPORT sighandler_t signal(int sig, sighandler_t handler)
-{
-    /* BSD semantics, as glibc's signal(): restart, the signal masked in its handler. */
-    return set_handler(sig, handler, SA_RESTART);
-}
-
 LC_EXPORT sighandler_t bsd_signal(int sig, sighandler_t handler)
 {
-    return signal(sig, handler);
+    /* BSD semantics: the signal masked in its handler, restarted calls unless
+     * siginterrupt() said otherwise. */
+    sigset_t mask;
+    sigemptyset(&mask);
+    if (sig > 0 && sig < NSIG)
+        sigaddset(&mask, sig);
+    int restart = !(sig > 0 && sig < NSIG && sigismember(&interrupting, sig) == 1);
+    return set_handler(sig, handler, &mask, restart ? SA_RESTART : 0);
+}
+
+LC_EXPORT sighandler_t signal(int sig, sighandler_t handler)
+{
+    return bsd_signal(sig, handler);
+}
+
+LC_EXPORT sighandler_t ssignal(int sig, sighandler_t handler)
+{
+    return bsd_signal(sig, handler);
 }
 
 LC_EXPORT sighandler_t sysv_signal(int sig, sighandler_t handler)
 {
-    return set_handler(sig, handler, SA_RESETHAND | SA_NODEFER);
+    sigset_t none;
+    sigemptyset(&none);
+    /* SA_INTERRUPT is a historical no-op the kernel drops; glibc passes it. */
+    return set_handler(sig, handler, &none, SA_RESETHAND | SA_NODEFER | SA_INTERRUPT);
+}
+
+LC_EXPORT sighandler_t __sysv_signal(int sig, sighandler_t handler)
+{
+    return sysv_signal(sig, handler);
+}
+
+LC_EXPORT sighandler_t sigset(int sig, sighandler_t disp)
+{
+    sigset_t one, old;
+    sigemptyset(&one);
+    if (sigaddset(&one, sig) < 0)
+        return SIG_ERR;
+    if (disp == SIG_HOLD) {
+        if (sigprocmask(SIG_BLOCK, &one, &old) < 0)
+            return SIG_ERR;
+        if (sigismember(&old, sig) == 1)
+            return SIG_HOLD;
+        struct sigaction cur;
+        if (sigaction(sig, NULL, &cur) < 0)
+            return SIG_ERR;
+        return cur.sa_handler;
+    }
+    struct sigaction sa, prev;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = disp;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(sig, &sa, &prev) < 0)
+        return SIG_ERR;
+    if (sigprocmask(SIG_UNBLOCK, &one, &old) < 0)
+        return SIG_ERR;
+    return sigismember(&old, sig) == 1 ? SIG_HOLD : prev.sa_handler;
+}
+
+LC_EXPORT int sigignore(int sig)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = SIG_IGN;
+    sigemptyset(&sa.sa_mask);
+    return sigaction(sig, &sa, NULL);
+}
+
+LC_EXPORT int siginterrupt(int sig, int interrupt)
+{
+    struct sigaction sa;
+    if (sigaction(sig, NULL, &sa) < 0)
+        return -1;
+    if (interrupt) {
+        sigaddset(&interrupting, sig);
+        sa.sa_flags &= ~SA_RESTART;
+    } else {
+        sigdelset(&interrupting, sig);
+        sa.sa_flags |= SA_RESTART;
+    }
+    return sigaction(sig, &sa, NULL) < 0 ? -1 : 0;
 }

@@ -12,6 +12,11 @@ void signals_install(const sigset_t *managed, int status_signal);
  * drops a default-action signal) exit with 128+N. Async-signal-safe. */
 void signals_die(int sig) __attribute__((noreturn));
 
+/* Adopts dispositions changed behind lastcall's back (a raw rt_sigaction
+ * syscall): the program's choice wins. Called when a drain starts; not from
+ * a signal handler. */
+void signals_resync(void);
+
 /* Nonzero once a managed signal (not the status signal) has been delivered
  * to this process, whether the program handles it or the default action
  * drains: from then on the process is shutting down. Async-signal-safe. */
