@@ -251,6 +251,10 @@ static void report_signals(FILE *out)
     if (getpid() == 1)
         fprintf(out, "  note: running as PID 1: after a drain lastcall exits 128+N, since the "
                      "kernel drops a default-action signal for init\n");
+    if (getpid() == 1)
+        fprintf(out, "  note: lastcall reaps no orphans: if the program spawns children, put "
+                     "an init first (tini -- lastcall -- ..., dumb-init lastcall -- ..., "
+                     "docker run --init)\n");
 }
 
 static int analyse(const char *path, FILE *out, int depth)

@@ -131,6 +131,10 @@ static void usage(FILE *out)
             "\n"
             "lastcall doctor COMMAND tells whether lastcall will see COMMAND's connections.\n"
             "\n"
+            "Containers: as PID 1, lastcall drains and exits 128+N, but it is not an init:\n"
+            "it reaps no orphaned processes. If COMMAND spawns children, put an init first:\n"
+            "tini -- lastcall -- COMMAND, dumb-init lastcall -- COMMAND, or docker run --init.\n"
+            "\n"
             "Exit status: COMMAND's own; 126 when it cannot be run (setuid/setgid targets\n"
             "are refused), 127 when it is not found, 2 for a bad option.\n",
             "--disable", "LASTCALL_DISABLE=1", "", "preload, but do nothing");
