@@ -15,7 +15,11 @@
 
 __thread void *lc_inflight __attribute__((tls_model("initial-exec")));
 char lc_connecting;
-unsigned lc_hook_flags = LC_FLAG_FENCE; /* until membarrier is known to work */
+/* No FENCE until a connect finds membarrier missing: before the first tracked
+ * connect no drain can start, so no hook needs to fence (and with
+ * LASTCALL_DISABLE=1, or in a process that never connects, every hook stays
+ * on the fast path). */
+unsigned lc_hook_flags;
 int lc_gate_closed;
 
 /* Registered slots: the address of each live thread's lc_inflight. */
@@ -330,7 +334,8 @@ void inflight_atfork_child(void)
     gate_mode = 0;
     gate_done = 0;
     exiting_thread_set = 0;
-    /* membarrier registration does not survive fork; fence until re-registered. */
+    /* The child's drains cover only its own connections, and its first
+     * connect registers membarrier afresh (runtime_on_connect). */
     set_flag(LC_FLAG_GATE, 0);
-    set_flag(LC_FLAG_FENCE, 1);
+    set_flag(LC_FLAG_FENCE, 0);
 }
