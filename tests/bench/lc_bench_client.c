@@ -55,6 +55,14 @@ static void raise_fd_limit(void)
     }
 }
 
+static void *idle_thread(void *arg)
+{
+    (void)arg;
+    for (;;)
+        pause();
+    return NULL;
+}
+
 static void *sleeper(void *arg)
 {
     PGconn *c = arg;
@@ -83,7 +91,15 @@ int main(int argc, char **argv)
             freeReplyObject(redisCommand(c, "PING"));
         t1 = now_ns();
         redisFree(c);
-    } else if (strcmp(cmd, "redis-pipeline") == 0) {
+    } else if (strcmp(cmd, "redis-pipeline") == 0 || strcmp(cmd, "redis-pipeline-mt") == 0) {
+        /* -mt: the same client with an idle thread of its own, so glibc's
+         * malloc is in its multi-threaded mode on both sides. Without it the
+         * client stays single-threaded unless lastcall starts a thread. */
+        if (strcmp(cmd, "redis-pipeline-mt") == 0) {
+            pthread_t idle;
+            pthread_create(&idle, NULL, idle_thread, NULL);
+            pthread_detach(idle);
+        }
         redisContext *c = rd();
         t0 = now_ns();
         for (int round = 0; round < 10; round++) {
