@@ -30,8 +30,19 @@ as_server_user() {
     fi
 }
 
+# redis-server on a unix socket, on 127.0.0.1:PORT and, with TLS (clients
+# need no certificate), on 127.0.0.1:TLS_PORT.
+redis_start() {
+    as_server_user redis-server --port "$1" --bind 127.0.0.1 \
+        --tls-port "$2" --tls-cert-file "$dir/redis-tls.crt" --tls-key-file "$dir/redis-tls.key" \
+        --tls-ca-cert-file "$dir/redis-tls.crt" --tls-auth-clients no \
+        --unixsocket "$dir/sock/redis.sock" --unixsocketperm 777 \
+        --daemonize yes --pidfile "$dir/redis.pid" --dir "$dir" \
+        --logfile "$dir/redis.log" --save '' --appendonly no >/dev/null 2>&1
+}
+
 start() {
-    local bindir port rport i
+    local bindir port rport tport i
     bindir=$(pg_bindir)
     mkdir -p "$dir/pg" "$dir/sock"
     chmod 755 "$dir" "$dir/sock"
@@ -66,13 +77,15 @@ CONF
         port=""
     done
     [ -n "$port" ] || { cat "$dir/pg.log" >&2; exit 1; }
+    # redis-server gets the same certificate on its TLS port (hiredis_ssl tests).
+    cp "$dir/pg/server.crt" "$dir/redis-tls.crt"
+    cp "$dir/pg/server.key" "$dir/redis-tls.key"
+    [ "$(id -u)" = 0 ] && chown "${LASTCALL_TEST_USER:-nobody}" "$dir/redis-tls.crt" "$dir/redis-tls.key"
     for i in 1 2 3 4 5 6 7 8; do
         rport=$((20000 + RANDOM % 20000))
-        [ "$rport" = "$port" ] && continue
-        if as_server_user redis-server --port "$rport" --bind 127.0.0.1 \
-            --unixsocket "$dir/sock/redis.sock" --unixsocketperm 777 \
-            --daemonize yes --pidfile "$dir/redis.pid" --dir "$dir" \
-            --logfile "$dir/redis.log" --save '' --appendonly no >/dev/null 2>&1; then
+        tport=$((20000 + RANDOM % 20000))
+        [ "$rport" = "$port" ] || [ "$tport" = "$port" ] || [ "$tport" = "$rport" ] && continue
+        if redis_start "$rport" "$tport"; then
             for _ in $(seq 100); do
                 [ -S "$dir/sock/redis.sock" ] && break
                 sleep 0.05
@@ -95,14 +108,17 @@ LC_TEST_PG_BINDIR=$bindir
 LC_TEST_REDIS_SOCK=$dir/sock/redis.sock
 LC_TEST_REDIS_PORT=$rport
 LC_TEST_REDIS_PIDFILE=$dir/redis.pid
+LC_TEST_REDIS_TLS_PORT=$tport
+LC_TEST_REDIS_TLS_CA=$dir/redis-tls.crt
 ENV
 }
 
 # Starts redis-server again after a test killed it (same socket, same port).
 restart_redis() {
-    local port
+    local port tport
     port=$(sed -n 's/^LC_TEST_REDIS_PORT=//p' "$dir/env" 2>/dev/null)
-    [ -n "$port" ] || { echo "servers.sh: no recorded redis port" >&2; exit 1; }
+    tport=$(sed -n 's/^LC_TEST_REDIS_TLS_PORT=//p' "$dir/env" 2>/dev/null)
+    [ -n "$port" ] && [ -n "$tport" ] || { echo "servers.sh: no recorded redis port" >&2; exit 1; }
     # The killed server may still be on its way out, holding the port.
     local old
     old=$(cat "$dir/redis.pid" 2>/dev/null || true)
@@ -111,10 +127,7 @@ restart_redis() {
         sleep 0.02
     done
     rm -f "$dir/sock/redis.sock" "$dir/redis.pid"
-    as_server_user redis-server --port "$port" --bind 127.0.0.1 \
-        --unixsocket "$dir/sock/redis.sock" --unixsocketperm 777 \
-        --daemonize yes --pidfile "$dir/redis.pid" --dir "$dir" \
-        --logfile "$dir/redis.log" --save '' --appendonly no >/dev/null 2>&1
+    redis_start "$port" "$tport"
     for _ in $(seq 100); do
         [ -S "$dir/sock/redis.sock" ] && return 0
         sleep 0.05
