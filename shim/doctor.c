@@ -55,6 +55,7 @@ struct elf_facts {
     char interp[256];
     char needed[32][128]; /* DT_NEEDED */
     int n_needed;
+    int dlopens;          /* imports dlopen or dlmopen: may load libraries at run time */
 };
 
 static const void *at(const unsigned char *base, size_t size, size_t off, size_t len)
@@ -108,6 +109,23 @@ static void read_elf(const char *path, struct elf_facts *f)
             const char *nm = names + sh[i].sh_name;
             if (strcmp(nm, ".note.go.buildid") == 0 || strcmp(nm, ".go.buildinfo") == 0)
                 f->go = 1;
+        }
+    }
+    /* Undefined dynamic symbols naming dlopen/dlmopen. */
+    for (int i = 0; sh && i < eh->e_shnum; i++) {
+        if (sh[i].sh_type != SHT_DYNSYM || sh[i].sh_link >= eh->e_shnum)
+            continue;
+        const Elf64_Sym *syms = at(m, size, sh[i].sh_offset, sh[i].sh_size);
+        const Elf64_Shdr *strsh = &sh[sh[i].sh_link];
+        const char *str = at(m, size, strsh->sh_offset, strsh->sh_size);
+        size_t n = syms && str ? sh[i].sh_size / sizeof *syms : 0;
+        for (size_t k = 0; k < n; k++) {
+            if (syms[k].st_shndx != SHN_UNDEF || syms[k].st_name >= strsh->sh_size)
+                continue;
+            const char *nm = str + syms[k].st_name;
+            size_t room = strsh->sh_size - syms[k].st_name;
+            if (strncmp(nm, "dlopen", room) == 0 || strncmp(nm, "dlmopen", room) == 0)
+                f->dlopens = 1;
         }
     }
     /* DT_NEEDED: string offsets into DT_STRTAB, an address to map through PT_LOAD. */
@@ -183,21 +201,203 @@ static void transitive_libs(const char *interp, const char *path, int *pq, int *
     pclose(f);
 }
 
-static const char *interpreter_hint(const char *base)
+/* ---- interpreters: which drivers are installed, and how each reaches
+ * libpq or hiredis. "yes" only for the paths tests/integration proves
+ * (the test named on each line). ---- */
+
+static void shell_quote(const char *s, char *q, size_t size)
 {
-    if (strncmp(base, "python", 6) == 0)
-        return "Python: lastcall sees psycopg2 and psycopg (3), which use libpq, and hiredis-py "
-               "only for parsing (redis-py's own sockets are not seen)";
-    if (strncmp(base, "perl", 4) == 0)
-        return "Perl: lastcall sees DBD::Pg (libpq) and Redis::hiredis";
-    if (strncmp(base, "ruby", 4) == 0)
-        return "Ruby: lastcall sees the pg gem (libpq) and hiredis-rb";
-    if (strcmp(base, "node") == 0 || strcmp(base, "nodejs") == 0)
-        return "Node.js: lastcall sees pg-native (libpq); the pure-JS pg and redis clients are "
-               "not seen";
-    if (strncmp(base, "php", 3) == 0)
-        return "PHP: lastcall sees the pgsql/pdo_pgsql extensions (libpq)";
+    size_t o = 0;
+    q[o++] = '\'';
+    for (const char *p = s; *p && o + 6 < size; p++) {
+        if (*p == '\'') {
+            memcpy(q + o, "'\\''", 4);
+            o += 4;
+        } else {
+            q[o++] = *p;
+        }
+    }
+    q[o++] = '\'';
+    q[o] = '\0';
+}
+
+/* The output of INTERP running ARGS (already quoted), at most SIZE-1 bytes. */
+static void capture(const char *interp, const char *args, char *out, size_t size)
+{
+    char q[PATH_MAX + 8], cmd[PATH_MAX * 2 + 1024];
+    shell_quote(interp, q, sizeof q);
+    snprintf(cmd, sizeof cmd, "%s %s 2>/dev/null </dev/null", q, args);
+    out[0] = '\0';
+    FILE *f = popen(cmd, "r");
+    if (f == NULL)
+        return;
+    size_t n = fread(out, 1, size - 1, f);
+    out[n] = '\0';
+    pclose(f);
+}
+
+/* "linked to libpq.so.5" or "linked to a bundled libpq, libpq-1a2b.so.5.15". */
+static int module_libpq(const char *dir, const char *prefix, char *how, size_t size)
+{
+    DIR *d = opendir(dir);
+    if (d == NULL)
+        return 0;
+    struct dirent *e;
+    int found = 0;
+    while (!found && (e = readdir(d)) != NULL) {
+        size_t len = strlen(e->d_name);
+        if (strncmp(e->d_name, prefix, strlen(prefix)) != 0 || len < 4 ||
+            strstr(e->d_name, ".so") == NULL)
+            continue;
+        char so[PATH_MAX];
+        snprintf(so, sizeof so, "%s/%s", dir, e->d_name);
+        struct elf_facts f;
+        read_elf(so, &f);
+        for (int i = 0; i < f.n_needed && !found; i++) {
+            if (has_prefix_lib(f.needed[i], "libpq.so")) {
+                snprintf(how, size, "an extension module linked to %s, loaded in a local scope",
+                         f.needed[i]);
+                found = 1;
+            } else if (has_prefix_lib(f.needed[i], "libpq")) {
+                snprintf(how, size, "an extension module linked to a bundled libpq, %s, "
+                                    "loaded in a local scope", f.needed[i]);
+                found = 2;
+            }
+        }
+    }
+    closedir(d);
+    return found;
+}
+
+static const char python_probe[] =
+    "-c 'import importlib.util as u\n"
+    "for m in (\"psycopg2\", \"psycopg\", \"psycopg_c\", \"psycopg_binary\", \"redis\"):\n"
+    "    try:\n"
+    "        s = u.find_spec(m)\n"
+    "    except Exception:\n"
+    "        s = None\n"
+    "    loc = s.submodule_search_locations if s else None\n"
+    "    print(m, list(loc)[0] if loc else (\"-\" if s is None else \"module\"))'";
+
+/* The package directory the probe printed for NAME, or NULL. */
+static const char *probe_dir(const char *text, const char *name, char *out, size_t size)
+{
+    size_t n = strlen(name);
+    for (const char *l = text; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+        if (strncmp(l, name, n) != 0 || l[n] != ' ')
+            continue;
+        const char *v = l + n + 1;
+        size_t len = strcspn(v, "\n");
+        if (len == 1 && *v == '-')
+            return NULL;
+        snprintf(out, size, "%.*s", (int)len, v);
+        return out;
+    }
     return NULL;
+}
+
+static void python_drivers(const char *interp, FILE *out)
+{
+    char text[4096], dir[PATH_MAX], how[PATH_MAX + 128];
+    capture(interp, python_probe, text, sizeof text);
+    int any = 0;
+    if (probe_dir(text, "psycopg2", dir, sizeof dir)) {
+        any = 1;
+        int k = module_libpq(dir, "_psycopg", how, sizeof how);
+        if (k == 1)
+            fprintf(out, "    driver psycopg2: yes, %s (tested: signal_drain/"
+                         "python_psycopg2_sigterm_with_open_transactions)\n", how);
+        else if (k == 2)
+            fprintf(out, "    driver psycopg2: yes, %s (tested: reach/"
+                         "bundled_libpq_copy_in_a_local_scope_is_tracked_and_drained)\n", how);
+        else
+            fprintf(out, "    driver psycopg2: unknown, no extension module linked to libpq "
+                         "found in %s\n", dir);
+    }
+    if (probe_dir(text, "psycopg", dir, sizeof dir)) {
+        any = 1;
+        char cdir[PATH_MAX];
+        /* psycopg picks the C implementation, then the binary one, then Python. */
+        if (probe_dir(text, "psycopg_c", cdir, sizeof cdir) &&
+            module_libpq(cdir, "pq", how, sizeof how))
+            fprintf(out, "    driver psycopg (3), C implementation: yes, %s, the path of "
+                         "psycopg2 (tested: signal_drain/"
+                         "python_psycopg2_sigterm_with_open_transactions)\n", how);
+        else if (probe_dir(text, "psycopg_binary", cdir, sizeof cdir))
+            fprintf(out, "    driver psycopg (3), binary implementation: yes, an extension "
+                         "module linked to a bundled libpq under another name, in a local scope "
+                         "(tested: reach/"
+                         "bundled_libpq_copy_in_a_local_scope_is_tracked_and_drained)\n");
+        else
+            fprintf(out, "    driver psycopg (3), Python implementation: yes, libpq loaded "
+                         "through ctypes (dlopen) and its functions found with dlsym, which "
+                         "lastcall answers with its hooks (tested: reach/"
+                         "psycopg3_sigterm_with_open_transactions)\n");
+    }
+    if (probe_dir(text, "redis", dir, sizeof dir)) {
+        any = 1;
+        fprintf(out, "    driver redis (redis-py): no, it speaks the Redis protocol in Python "
+                     "(hiredis-py, if installed, only parses replies)\n");
+    }
+    if (!any)
+        fprintf(out, "    no PostgreSQL or Redis driver found (psycopg2, psycopg, redis)\n");
+}
+
+static void php_drivers(const char *interp, FILE *out)
+{
+    /* -m lists the loaded modules one a line; php-fpm takes it too. */
+    char text[8192] = "\n";
+    capture(interp, "-m", text + 1, sizeof text - 1);
+    int any = 0;
+    const char *pq_exts[] = {"pgsql", "pdo_pgsql"};
+    for (int i = 0; i < 2; i++) {
+        char word[32];
+        snprintf(word, sizeof word, "\n%s\n", pq_exts[i]);
+        if (strstr(text, word) == NULL)
+            continue;
+        any = 1;
+        fprintf(out, "    driver %s: yes, a PHP extension linked to libpq and loaded with "
+                     "RTLD_DEEPBIND; lastcall points its GOT entries at its hooks (tested: "
+                     "reach/php_pgsql_sigterm_with_open_transactions)\n", pq_exts[i]);
+    }
+    if (strstr(text, "\nredis\n")) {
+        any = 1;
+        fprintf(out, "    driver redis (phpredis): no, it speaks the Redis protocol itself\n");
+    }
+    if (!any)
+        fprintf(out, "    no pgsql, pdo_pgsql or redis extension is loaded\n");
+}
+
+/* Returns 1 if BASE names an interpreter we know (drivers printed). */
+static int interpreter_drivers(const char *path, const char *base, FILE *out)
+{
+    if (strncmp(base, "python", 6) == 0) {
+        fprintf(out, "  depends: %s is the Python interpreter; what lastcall sees depends on "
+                     "the driver the program imports:\n", path);
+        python_drivers(path, out);
+        return 1;
+    }
+    if (strncmp(base, "php", 3) == 0) {
+        fprintf(out, "  depends: %s is the PHP interpreter; what lastcall sees depends on the "
+                     "extension the program uses:\n", path);
+        php_drivers(path, out);
+        return 1;
+    }
+    const char *untested = NULL;
+    if (strncmp(base, "perl", 4) == 0)
+        untested = "Perl: DBD::Pg and Redis::hiredis link libpq/hiredis from an XS module, the "
+                   "path of psycopg2; not tested here";
+    else if (strncmp(base, "ruby", 4) == 0)
+        untested = "Ruby: the pg and hiredis gems link libpq/hiredis from an extension, the path "
+                   "of psycopg2; Ruby's FFI uses dlsym, the path of psycopg 3; not tested here";
+    else if (strcmp(base, "node") == 0 || strcmp(base, "nodejs") == 0)
+        untested = "Node.js: pg-native links libpq from an addon; the pure-JS pg and redis "
+                   "clients are not seen; not tested here";
+    if (untested == NULL)
+        return 0;
+    fprintf(out, "  depends: %s is an interpreter that loads database drivers at run time. %s\n",
+            path, untested);
+    return 1;
 }
 
 /* Debian's pg_wrapper (/usr/bin/psql, pgbench...) is a Perl script that execs
@@ -341,14 +541,17 @@ static int analyse(const char *path, FILE *out, int depth)
         fprintf(out, "  yes: %s loads %s through its libraries\n", path, via);
         return DOCTOR_YES;
     }
-    const char *hint = interpreter_hint(base);
-    if (hint) {
-        fprintf(out, "  depends: %s is an interpreter that loads database drivers at run "
-                     "time. %s\n", path, hint);
+    if (interpreter_drivers(path, base, out))
+        return DOCTOR_DEPENDS;
+    if (e.dlopens) {
+        fprintf(out, "  depends: %s links neither libpq nor hiredis but loads libraries at run "
+                     "time (dlopen). lastcall sees libpq and hiredis loaded that way: in a local "
+                     "scope, with RTLD_DEEPBIND, as a bundled copy under another file name, and "
+                     "functions looked up with dlsym (tested: reach/*)\n", path);
         return DOCTOR_DEPENDS;
     }
-    fprintf(out, "  no: %s loads neither libpq nor hiredis (it may dlopen them at run time; "
-                 "lastcall would see that)\n", path);
+    fprintf(out, "  no: %s links neither libpq nor hiredis and cannot load them at run time "
+                 "(it does not call dlopen)\n", path);
     return DOCTOR_NO;
 }
 

@@ -5,19 +5,34 @@
 #include <link.h>
 #include <string.h>
 
+#include "got.h"
 #include "log.h"
+#include "reach.h"
 
-static const char *const lib_prefixes[LC_LIB_COUNT] = {
-    [LC_LIB_PQ] = "libpq.so",
-    [LC_LIB_HIREDIS] = "libhiredis.so",
-    [LC_LIB_SSL] = "libssl.so",
+/* A library is known by what it defines, not by its file name: Python wheels
+ * and vendored builds ship libpq as libpq-1a2b3c4d.so.5.15. */
+static const char *const lib_defines[LC_LIB_COUNT][2] = {
+    [LC_LIB_PQ] = {"PQconnectdb", "PQfinish"},
+    [LC_LIB_HIREDIS] = {"redisConnect", "redisFree"},
+    [LC_LIB_SSL] = {"SSL_write", "SSL_CTX_new"},
 };
 
 static void *lib_handles[LC_LIB_COUNT];
 
+static void self_marker(void) {}
+
+int sym_dso_is(const struct lc_dso *d, enum lc_lib lib)
+{
+    if (lib >= LC_LIB_COUNT || dso_contains(d, (const void *)self_marker))
+        return 0;
+    return dso_defines(d, lib_defines[lib][0]) && dso_defines(d, lib_defines[lib][1]);
+}
+
 struct find_ctx {
-    const char *prefix;
+    enum lc_lib lib;
+    int copies;
     char path[512];
+    const char *other;
 };
 
 static int find_loaded_cb(struct dl_phdr_info *info, size_t size, void *data)
@@ -25,28 +40,38 @@ static int find_loaded_cb(struct dl_phdr_info *info, size_t size, void *data)
     (void)size;
     struct find_ctx *ctx = data;
     const char *name = info->dlpi_name;
+    /* The program itself: its own definitions already come before ours. */
     if (name == NULL || *name == '\0')
         return 0;
-    const char *base = strrchr(name, '/');
-    base = base ? base + 1 : name;
-    if (strncmp(base, ctx->prefix, strlen(ctx->prefix)) != 0)
+    struct lc_dso d;
+    if (dso_parse(info, &d) != 0 || !sym_dso_is(&d, ctx->lib))
         return 0;
     size_t len = strlen(name);
     if (len >= sizeof ctx->path)
         return 0;
-    memcpy(ctx->path, name, len + 1);
-    return 1;
+    if (ctx->copies++ == 0)
+        memcpy(ctx->path, name, len + 1);
+    else if (ctx->other == NULL)
+        ctx->other = name;
+    return 0;
 }
 
-/* A handle to LIB only if the process already loaded it (RTLD_NOLOAD). */
+/* A handle to LIB only if the process already loaded it (RTLD_NOLOAD). With
+ * two copies loaded (two bundled libpqs), the first one found is used. */
 static void *loaded_library(enum lc_lib lib)
 {
     void *h = __atomic_load_n(&lib_handles[lib], __ATOMIC_ACQUIRE);
     if (h)
         return h;
-    struct find_ctx ctx = {.prefix = lib_prefixes[lib]};
-    if (dl_iterate_phdr(find_loaded_cb, &ctx) == 0)
+    struct find_ctx ctx = {.lib = lib};
+    dl_iterate_phdr(find_loaded_cb, &ctx);
+    if (ctx.copies == 0)
         return NULL;
+    /* Neither is in the global scope (RTLD_NEXT found none): a local-scope
+     * caller of the other copy would get connections made by this one. */
+    if (ctx.copies > 1)
+        LC_WARN("%d copies of the same library are loaded, none in the global scope (%s, %s...); "
+                "lastcall calls %s", ctx.copies, ctx.path, ctx.other ? ctx.other : "?", ctx.path);
     h = dlopen(ctx.path, RTLD_LAZY | RTLD_NOLOAD);
     if (h)
         __atomic_store_n(&lib_handles[lib], h, __ATOMIC_RELEASE);
@@ -55,10 +80,20 @@ static void *loaded_library(enum lc_lib lib)
 
 void *sym_lookup(enum lc_lib lib, const char *name, const void *self)
 {
-    void *p = dlsym(RTLD_NEXT, name);
+    void *p;
+    /* libssl as the libpq in use links it: a wheel's bundled libpq brings its
+     * own libssl, and SSL objects must go back to the copy that made them. */
+    if (lib == LC_LIB_SSL && reach_real_dlsym(RTLD_NEXT, lib_defines[LC_LIB_PQ][1]) == NULL) {
+        void *pq = loaded_library(LC_LIB_PQ);
+        if (pq && (p = reach_real_dlsym(pq, name)) != NULL)
+            return p;
+    }
+    /* libc's dlsym, called from here: RTLD_NEXT means "after lastcall", and
+     * our own dlsym would hand our hooks back. */
+    p = reach_real_dlsym(RTLD_NEXT, name);
     if ((p == NULL || p == self) && lib < LC_LIB_COUNT) {
         void *h = loaded_library(lib);
-        p = h ? dlsym(h, name) : NULL;
+        p = h ? reach_real_dlsym(h, name) : NULL;
     }
     if (self != NULL && p == self) {
         LC_DEBUG("lookup of %s found lastcall itself; refusing the loop", name);

@@ -9,9 +9,14 @@ enum lc_lib { LC_LIB_PQ, LC_LIB_HIREDIS, LC_LIB_SSL, LC_LIB_COUNT, LC_LIB_LIBC =
 
 /* Returns the address of the real NAME, or NULL. Tries dlsym(RTLD_NEXT), then
  * the library already loaded in a local scope (dlopen RTLD_NOLOAD), as Python
- * extension modules load libpq. SELF is our own hook: finding it again would
- * be a loop, so it is refused. */
+ * extension modules load libpq, recognised by what it defines. SELF is our own
+ * hook: finding it again would be a loop, so it is refused. */
 void *sym_lookup(enum lc_lib lib, const char *name, const void *self);
+
+/* Is D (a loaded object, see got.h) a copy of LIB, judged by what it
+ * defines? lastcall itself never is. */
+struct lc_dso;
+int sym_dso_is(const struct lc_dso *d, enum lc_lib lib);
 
 /* Cached lookup: *cache is filled once the symbol is found. */
 static inline void *sym_cached(void **cache, enum lc_lib lib, const char *name, const void *self)

@@ -1,0 +1,22 @@
+/* Reach: connections made by code that does not bind to libpq/hiredis
+ * through the global scope, where LD_PRELOAD puts our hooks first:
+ * - dlsym/dlvsym lookups (ctypes, any FFI) of a hooked function on a handle of
+ *   the library that defines it get our hook;
+ * - libraries loaded with RTLD_DEEPBIND (PHP extensions) have their GOT
+ *   entries for hooked functions pointed at our hooks.
+ * See DESIGN.md, "Reach". */
+#ifndef LC_REACH_H
+#define LC_REACH_H
+
+/* libc's own dlsym/dlvsym: our lookups of real functions must not get our
+ * hooks back, and dlsym(RTLD_NEXT) must be called from inside the shim to
+ * mean "after lastcall". NULL only if libc has none (never in practice). */
+void *reach_real_dlsym(void *handle, const char *name);
+void *reach_real_dlvsym(void *handle, const char *name, const char *version);
+
+/* Points the GOT entries of objects loaded since the last call at our hooks
+ * where they bind straight to the real function (see reach.c). Cheap when
+ * nothing was loaded. */
+void reach_scan(void);
+
+#endif
