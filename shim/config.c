@@ -36,6 +36,7 @@ void config_defaults(struct lc_config *cfg)
     cfg->status_signal = 0;
     cfg->log_format = LC_FORMAT_TEXT;
     cfg->log_file = NULL;
+    cfg->stop_delay_ms = 0;
 }
 
 int config_parse_format(const char *text)
@@ -319,6 +320,14 @@ void config_load(struct lc_config *cfg, lc_getenv_fn get, lc_complain_fn complai
                          "a signal name such as USR2, not one of LASTCALL_SIGNALS", "off");
         else
             cfg->status_signal = sig;
+    }
+    if ((v = get("LASTCALL_STOP_DELAY")) != NULL) {
+        int64_t ms;
+        if (config_parse_duration(v, &ms) < 0)
+            complain_bad(complain, "LASTCALL_STOP_DELAY", v, "a duration such as 5s (0: off)",
+                         "off");
+        else
+            cfg->stop_delay_ms = ms;
     }
     if ((v = get("LASTCALL_LOG_FORMAT")) != NULL) {
         int f = config_parse_format(v);

@@ -32,6 +32,7 @@ struct lc_config {
     int status_signal;        /* LASTCALL_STATUS_SIGNAL, 0: off */
     int log_format;           /* LASTCALL_LOG_FORMAT */
     const char *log_file;     /* LASTCALL_LOG_FILE, NULL: stderr */
+    int64_t stop_delay_ms;    /* LASTCALL_STOP_DELAY, 0: off */
 };
 
 /* Looks a variable up; returns NULL when unset. */

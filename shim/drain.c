@@ -20,13 +20,25 @@
 #include "log.h"
 #include "runtime.h"
 
-enum step { STEP_CUT, STEP_CLOSING, STEP_FLUSH, STEP_AWAIT_EOF, STEP_AWAIT_CONSUMED, STEP_DONE };
+__thread int lc_free_keeps_fd __attribute__((tls_model("initial-exec")));
+
+enum step {
+    STEP_CUT,
+    STEP_CLOSING,
+    STEP_FLUSH,          /* our output waits for the socket */
+    STEP_SETTLE,         /* waits for the server to be idle (PostgreSQL) */
+    STEP_AWAIT_EOF,
+    STEP_AWAIT_CONSUMED,
+    STEP_DONE
+};
 
 struct work {
     struct lc_entry *e;
     const struct lc_kind_ops *ops;
     int fd;
     int step;
+    int cancelled;   /* a cancel request was sent for it */
+    int scratch;     /* the settle operation's own state */
 };
 
 static const struct lc_kind_ops *ops_for(const struct lc_entry *e)
@@ -71,7 +83,7 @@ static int is_busy(struct work *w)
     if (thread_inside(w))
         return 1;
     if (w->ops->server_busy && w->fd >= 0)
-        return w->ops->server_busy(w->e, w->fd);
+        return w->ops->server_busy(w->e, w->fd, w->cancelled);
     return 0;
 }
 
@@ -104,14 +116,27 @@ static size_t count_busy(struct work *works, size_t n)
     return busy;
 }
 
-/* ---- cancel helpers: PQcancel blocks, so it runs on detached threads that
- * the drain never waits for past the deadline. ---- */
+/* ---- cancel helpers: PQcancel blocks (connect, send, recv), so it runs on
+ * helper threads. A started cancel is waited for until the deadline: cut
+ * mid-flight, its half-open connection crashes PgBouncer 1.18. ---- */
 
 struct cancel_job {
     struct lc_entry **entries;
     size_t count;
-    size_t next;   /* atomic */
+    size_t next;       /* atomic */
+    size_t finished;   /* atomic */
+    int refs;          /* atomic: workers + the owner; the last one frees */
+    struct lc_entry *owned; /* a copy the job frees (drain_close_by_program) */
 };
+
+static void job_release(struct cancel_job *job)
+{
+    if (__atomic_sub_fetch(&job->refs, 1, __ATOMIC_ACQ_REL) != 0)
+        return;
+    free(job->entries);
+    free(job->owned);
+    free(job);
+}
 
 static void *cancel_worker(void *arg)
 {
@@ -121,40 +146,192 @@ static void *cancel_worker(void *arg)
         if (i >= job->count)
             break;
         lc_pq_ops.cancel(job->entries[i]);
+        __atomic_add_fetch(&job->finished, 1, __ATOMIC_ACQ_REL);
     }
-    /* The job is leaked on purpose: a worker stuck on a stalled server may
-     * still hold it when the process ends. */
+    job_release(job);
     return NULL;
 }
 
-static void start_cancels(struct lc_entry **entries, size_t count)
+/* Returns the job (release it with job_release), or NULL when nothing runs. */
+static struct cancel_job *start_cancels(struct lc_entry **entries, size_t count,
+                                        struct lc_entry *owned)
 {
     if (count == 0)
-        return;
+        return NULL;
     struct cancel_job *job = calloc(1, sizeof *job);
     struct lc_entry **copy = calloc(count, sizeof *copy);
     if (job == NULL || copy == NULL) {
         free(job);
         free(copy);
-        return;
+        return NULL;
     }
     memcpy(copy, entries, count * sizeof *copy);
     job->entries = copy;
     job->count = count;
+    job->owned = owned;
     size_t threads = count < 16 ? count : 16;
+    job->refs = (int)threads + 1;
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     pthread_attr_setstacksize(&attr, 128 * 1024);
+    /* Helpers take none of the program's signals. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
     size_t started = 0;
     for (size_t t = 0; t < threads; t++) {
         pthread_t tid;
         if (pthread_create(&tid, &attr, cancel_worker, job) == 0)
             started++;
     }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     pthread_attr_destroy(&attr);
-    if (started == 0)
+    __atomic_sub_fetch(&job->refs, (int)(threads - started), __ATOMIC_ACQ_REL);
+    if (started == 0) {
+        __atomic_add_fetch(&job->refs, 1, __ATOMIC_ACQ_REL);
         cancel_worker(job); /* no thread to be had: cancel inline */
+    }
+    return job;
+}
+
+/* Waits until every cancel of JOB completed, or UNTIL_MS. Returns 1 if all did. */
+static int cancels_wait(struct cancel_job *job, int64_t until_ms)
+{
+    if (job == NULL)
+        return 1;
+    while (__atomic_load_n(&job->finished, __ATOMIC_ACQUIRE) < job->count) {
+        if (lc_now_ms() >= until_ms)
+            return 0;
+        sleep_ms(1);
+    }
+    return 1;
+}
+
+/* ---- the watchdog: bounds libpq calls that may block ---- */
+
+#define BOUNDED_SLOTS 32
+static struct {
+    int fd;            /* -1: free */
+    int fired;
+    int64_t until_ms;
+} bounded[BOUNDED_SLOTS];
+static pthread_mutex_t bounded_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t bounded_cond;
+static pid_t bounded_pid; /* the process whose watchdog thread runs */
+
+static void *watchdog_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&bounded_lock);
+    for (;;) {
+        int64_t now = lc_now_ms(), next = -1;
+        for (int i = 0; i < BOUNDED_SLOTS; i++) {
+            if (bounded[i].fd < 0 || bounded[i].fired)
+                continue;
+            if (bounded[i].until_ms <= now) {
+                shutdown(bounded[i].fd, SHUT_RDWR);
+                bounded[i].fired = 1;
+            } else if (next < 0 || bounded[i].until_ms < next) {
+                next = bounded[i].until_ms;
+            }
+        }
+        if (next < 0) {
+            pthread_cond_wait(&bounded_cond, &bounded_lock);
+        } else {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            int64_t left = next - now;
+            ts.tv_sec += left / 1000;
+            ts.tv_nsec += (long)(left % 1000) * 1000000;
+            if (ts.tv_nsec >= 1000000000) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000;
+            }
+            pthread_cond_timedwait(&bounded_cond, &bounded_lock, &ts);
+        }
+    }
+    return NULL;
+}
+
+static void bounded_atfork_prepare(void)
+{
+    pthread_mutex_lock(&bounded_lock);
+}
+
+static void bounded_atfork_parent(void)
+{
+    pthread_mutex_unlock(&bounded_lock);
+}
+
+static void bounded_atfork_child(void)
+{
+    pthread_mutex_init(&bounded_lock, NULL);
+}
+
+/* Called with bounded_lock held. A fork child has no watchdog thread (and
+ * only the forking thread): it starts its own. */
+static int watchdog_ready(void)
+{
+    pid_t self = getpid();
+    if (bounded_pid == self)
+        return 1;
+    static int atfork_done;
+    if (!atfork_done) {
+        atfork_done = 1;
+        pthread_atfork(bounded_atfork_prepare, bounded_atfork_parent, bounded_atfork_child);
+    }
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&bounded_cond, &ca);
+    pthread_condattr_destroy(&ca);
+    for (int i = 0; i < BOUNDED_SLOTS; i++)
+        bounded[i].fd = -1;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 64 * 1024);
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    pthread_t tid;
+    int ok = pthread_create(&tid, &attr, watchdog_main, NULL) == 0;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+    if (ok)
+        bounded_pid = self;
+    return ok;
+}
+
+int bounded_begin(int fd, int64_t until_ms)
+{
+    if (fd < 0 || lc_now_ms() >= until_ms)
+        return -1;
+    int slot = -1;
+    pthread_mutex_lock(&bounded_lock);
+    if (watchdog_ready()) {
+        for (int i = 0; i < BOUNDED_SLOTS && slot < 0; i++)
+            if (bounded[i].fd < 0)
+                slot = i;
+        if (slot >= 0) {
+            bounded[slot].fd = fd;
+            bounded[slot].fired = 0;
+            bounded[slot].until_ms = until_ms;
+            pthread_cond_signal(&bounded_cond);
+        }
+    }
+    pthread_mutex_unlock(&bounded_lock);
+    return slot;
+}
+
+int bounded_end(int slot)
+{
+    pthread_mutex_lock(&bounded_lock);
+    int fired = bounded[slot].fired;
+    bounded[slot].fd = -1;
+    pthread_mutex_unlock(&bounded_lock);
+    return fired;
 }
 
 /* Reads and drops whatever the server sent; returns 1 at EOF or error. */
@@ -185,15 +362,21 @@ static int is_unix_socket(int fd)
 /* Everything is flushed: say goodbye and decide whether to wait.
  *
  * Closing a socket with unread input makes the kernel reset it, and a reset
- * makes Redis drop a client mid-pipeline, so Redis connections we just wrote
- * to wait until the server has taken what we sent: on a unix socket until
- * nothing of ours is left unread (SIOCOUTQ), over TCP until the server's EOF
- * (acknowledged is not yet read). PostgreSQL gets its 5-byte Terminate and
- * needs no wait (the backend reads it after our FIN as well as before),
+ * makes Redis drop what it has not read yet, mid-pipeline. What we flushed
+ * is not all: the program's own earlier writes (appended, flushed, replies
+ * never read) may still sit unread in the server's receive queue. So a Redis
+ * connection waits until the server has taken everything: on a unix socket
+ * until nothing of ours is left unread (SIOCOUTQ counts unread bytes there),
+ * over TCP until the server's EOF, whatever we wrote ourselves: SIOCOUTQ
+ * counts only unacknowledged bytes there, and acknowledged is not read.
+ * Knowing that nothing was written since the last reply would need per-call
+ * bookkeeping on the command path; the EOF costs one round trip, overlapped
+ * across all connections by one poll. PostgreSQL gets its 5-byte Terminate
+ * and needs no wait (the backend reads it after our FIN as well as before),
  * unless the server may still be sending (a cancelled query's error and
- * ReadyForQuery): then we wait for its EOF, or it logs a broken pipe (seen
- * once in the pgbench test). */
-static void goodbye(struct work *w, int wrote)
+ * ReadyForQuery, a COPY OUT's rest, pipeline results): then we wait for its
+ * EOF, or it logs a broken pipe (seen once in the pgbench test). */
+static void goodbye(struct work *w)
 {
     int server_sending = w->ops->server_may_send && w->ops->server_may_send(w->e);
     if (w->ops->terminate)
@@ -201,7 +384,7 @@ static void goodbye(struct work *w, int wrote)
     shutdown(w->fd, SHUT_WR);
     if (server_sending)
         w->step = STEP_AWAIT_EOF;
-    else if (w->e->kind == LC_KIND_PQ || !wrote)
+    else if (w->e->kind == LC_KIND_PQ)
         w->step = STEP_DONE;
     else if (is_unix_socket(w->fd))
         w->step = unsent_bytes(w->fd) > 0 ? STEP_AWAIT_CONSUMED : STEP_DONE;
@@ -209,15 +392,28 @@ static void goodbye(struct work *w, int wrote)
         w->step = STEP_AWAIT_EOF;
 }
 
-/* Applies a flush result; WROTE_BEFORE says an earlier round wrote. */
+static void after_settle(struct work *w, int r)
+{
+    if (r == LC_SETTLE_WAIT) {
+        w->step = STEP_SETTLE;
+        return;
+    }
+    if (r == LC_SETTLE_GIVE_UP)
+        LC_DEBUG("%s %p could not be brought back to idle: plain goodbye", w->ops->name,
+                 w->e->handle);
+    goodbye(w); /* idle now; or settling failed: the plain goodbye */
+}
+
 static void after_flush(struct work *w, int f)
 {
     if (f == LC_FLUSH_GIVE_UP)
         w->step = STEP_CUT;
     else if (f == LC_FLUSH_MORE)
         w->step = STEP_FLUSH;
+    else if (w->ops->settle)
+        after_settle(w, w->ops->settle(w->e, w->fd, &w->scratch, lc_now_ms() + 100));
     else
-        goodbye(w, f == LC_FLUSH_WROTE || w->step == STEP_FLUSH);
+        goodbye(w);
 }
 
 static void discard_pending_input(struct work *works, size_t n)
@@ -236,8 +432,10 @@ static void discard_pending_input(struct work *works, size_t n)
     free(fds);
 }
 
-/* Waits until every work item in a waiting step has moved on, or until_ms. */
-static void run_step(struct work *works, size_t n, int step, int64_t until_ms)
+/* Runs the close until every work item is done or UNTIL_MS: flushing ends at
+ * FLUSH_UNTIL (then cut), settling at SETTLE_UNTIL (then the plain goodbye). */
+static void close_loop(struct work *works, size_t n, int64_t flush_until, int64_t settle_until,
+                       int64_t until_ms)
 {
     struct pollfd *fds = calloc(n ? n : 1, sizeof *fds);
     size_t *idx = calloc(n ? n : 1, sizeof *idx);
@@ -248,40 +446,54 @@ static void run_step(struct work *works, size_t n, int step, int64_t until_ms)
     }
     for (;;) {
         size_t m = 0;
-        int consumed_pending = 0;
+        int consumed_pending = 0, settle_pending = 0;
+        int64_t now = lc_now_ms();
         for (size_t i = 0; i < n; i++) {
-            int s = works[i].step;
-            if (step == STEP_FLUSH ? s != STEP_FLUSH : (s != STEP_AWAIT_EOF && s != STEP_AWAIT_CONSUMED))
+            struct work *w = &works[i];
+            if (w->step == STEP_FLUSH && now >= flush_until)
+                w->step = STEP_CUT;
+            if (w->step == STEP_SETTLE && now >= settle_until)
+                goodbye(w);
+            int s = w->step;
+            if (s != STEP_FLUSH && s != STEP_SETTLE && s != STEP_AWAIT_EOF &&
+                s != STEP_AWAIT_CONSUMED)
                 continue;
             if (s == STEP_AWAIT_CONSUMED) {
-                if (discard_input(works[i].fd) || unsent_bytes(works[i].fd) == 0) {
-                    works[i].step = STEP_DONE;
+                if (discard_input(w->fd) || unsent_bytes(w->fd) == 0) {
+                    w->step = STEP_DONE;
                     continue;
                 }
                 consumed_pending = 1;
             }
-            fds[m].fd = works[i].fd;
-            fds[m].events = step == STEP_FLUSH ? POLLOUT : POLLIN;
+            if (s == STEP_SETTLE)
+                settle_pending = 1;
+            fds[m].fd = w->fd;
+            fds[m].events = s == STEP_FLUSH ? POLLOUT : POLLIN;
             fds[m].revents = 0;
             idx[m++] = i;
         }
-        int64_t left = until_ms - lc_now_ms();
+        int64_t left = until_ms - now;
         if (m == 0 || left <= 0)
             break;
-        /* SIOCOUTQ draining raises no event: look again every millisecond. */
-        int wait = consumed_pending ? 1 : (left > 50 ? 50 : (int)left);
+        /* SIOCOUTQ draining raises no event: look again every millisecond.
+         * Settling may also wait on our own output (a ROLLBACK on a
+         * non-blocking connection): a short period covers it. */
+        int wait = consumed_pending ? 1 : settle_pending ? 5 : (left > 50 ? 50 : (int)left);
         int r = poll(fds, m, wait);
         if (r < 0 && errno != EINTR)
             break;
         for (size_t k = 0; k < m; k++) {
+            struct work *w = &works[idx[k]];
+            if (w->step == STEP_SETTLE) {
+                after_settle(w, w->ops->settle(w->e, w->fd, &w->scratch, settle_until));
+                continue;
+            }
             if (fds[k].revents == 0)
                 continue;
-            struct work *w = &works[idx[k]];
-            if (step == STEP_FLUSH) {
-                after_flush(w, w->ops->flush(w->e, w->fd));
-            } else if (discard_input(w->fd)) {
+            if (w->step == STEP_FLUSH)
+                after_flush(w, w->ops->flush(w->e, w->fd, flush_until));
+            else if (discard_input(w->fd))
                 w->step = STEP_DONE;
-            }
         }
     }
     free(fds);
@@ -302,7 +514,7 @@ void drain_close_late(void *handle)
     struct work w = {.e = e, .ops = ops_for(e), .step = STEP_CLOSING};
     w.fd = w.ops->socket_fd(e);
     if (w.fd >= 0) {
-        after_flush(&w, w.ops->flush(e, w.fd));
+        after_flush(&w, w.ops->flush(e, w.fd, lc_now_ms() + 100));
         /* A fresh connection has nothing buffered; whatever is not done at
          * once is cut rather than waited for. */
         discard_input(w.fd);
@@ -310,6 +522,60 @@ void drain_close_late(void *handle)
             shutdown(w.fd, SHUT_RDWR);
     }
     registry_release_drained(&e, 1);
+}
+
+/* The close reserve: a fifth of the deadline, at most 1 s. */
+static int64_t close_reserve(void)
+{
+    int64_t reserve = lc_cfg.deadline_ms / 5;
+    return reserve > 1000 ? 1000 : reserve;
+}
+
+int drain_close_by_program(struct lc_entry *info, int keep_fd, int64_t until_ms)
+{
+    const struct lc_kind_ops *ops = ops_for(info);
+    int fd = info->failed ? -1 : ops->socket_fd(info);
+    if (fd < 0)
+        return 0;
+    const int64_t reserve = close_reserve();
+    const int64_t close_start = until_ms - reserve;
+    struct work w = {.e = info, .ops = ops, .fd = fd, .step = STEP_CLOSING};
+    int abandoned = 0;
+    /* A query still running would go on in its backend after the close:
+     * cancel it first, and let its error arrive. */
+    if (!keep_fd && ops->cancel && ops->server_busy && ops->server_busy(info, fd, 0)) {
+        struct lc_entry *copy = malloc(sizeof *copy);
+        if (copy) {
+            *copy = *info;
+            struct lc_entry *one[1] = {copy};
+            struct cancel_job *job = start_cancels(one, 1, copy);
+            w.cancelled = 1;
+            if (job) {
+                abandoned = !cancels_wait(job, close_start);
+                job_release(job);
+            } else {
+                free(copy);
+            }
+        }
+        while (!abandoned && ops->server_busy(info, fd, 1) && lc_now_ms() < close_start)
+            sleep_ms(1);
+    }
+    int f = ops->flush(info, fd, until_ms - reserve / 2);
+    if (keep_fd) {
+        /* The program keeps the socket: write what it buffered, no more. */
+        while (f == LC_FLUSH_MORE && lc_now_ms() < until_ms) {
+            struct pollfd p = {.fd = fd, .events = POLLOUT};
+            poll(&p, 1, 10);
+            f = ops->flush(info, fd, until_ms);
+        }
+        return abandoned;
+    }
+    after_flush(&w, f);
+    close_loop(&w, 1, until_ms - reserve / 2, until_ms - reserve / 2, until_ms);
+    discard_pending_input(&w, 1);
+    if (w.step != STEP_DONE)
+        shutdown(fd, SHUT_RDWR);
+    return abandoned;
 }
 
 void drain_run(int mode, int64_t start_ms, struct lc_drain_result *result)
@@ -320,9 +586,7 @@ void drain_run(int mode, int64_t start_ms, struct lc_drain_result *result)
     if (grace_end > deadline)
         grace_end = deadline;
     /* The close phase needs a little time of its own (write, FIN, EOF). */
-    int64_t reserve = lc_cfg.deadline_ms / 5;
-    if (reserve > 1000)
-        reserve = 1000;
+    const int64_t reserve = close_reserve();
     const int64_t close_start = deadline - reserve;
     if (grace_end > close_start)
         grace_end = close_start;
@@ -361,6 +625,7 @@ void drain_run(int mode, int64_t start_ms, struct lc_drain_result *result)
     phase_event("grace", start_ms, busy, "drain: grace over, %zu still busy", busy);
 
     /* Phase cancel: PostgreSQL gets a cancel request; Redis is cut. */
+    struct cancel_job *job = NULL;
     if (busy > 0) {
         struct lc_entry **to_cancel = calloc(n, sizeof *to_cancel);
         size_t nc = 0;
@@ -370,13 +635,14 @@ void drain_run(int mode, int64_t start_ms, struct lc_drain_result *result)
                 continue;
             if (w->ops->cancel && to_cancel) {
                 to_cancel[nc++] = w->e;
+                w->cancelled = 1;
             } else {
                 shutdown(w->fd, SHUT_RDWR);
                 w->step = STEP_DONE;
                 result->cut++;
             }
         }
-        start_cancels(to_cancel, nc);
+        job = start_cancels(to_cancel, nc, NULL);
         free(to_cancel);
         result->cancelled = nc;
         phase_event("cancel", start_ms, nc, "drain: %zu cancel request%s, %lu cut", nc,
@@ -400,22 +666,32 @@ void drain_run(int mode, int64_t start_ms, struct lc_drain_result *result)
             continue;
         }
         w->step = STEP_CLOSING;
-        after_flush(w, w->ops->flush(w->e, w->fd));
+        after_flush(w, w->ops->flush(w->e, w->fd, deadline - reserve / 2));
     }
-    run_step(works, n, STEP_FLUSH, deadline - reserve / 2);
-    run_step(works, n, STEP_AWAIT_EOF, deadline);
+    close_loop(works, n, deadline - reserve / 2, deadline - reserve / 2, deadline);
 
     /* Unread input at close time would turn the close into a reset: one poll
-     * finds the sockets holding some. What did not finish is shut down. */
+     * finds the sockets holding some. What did not finish is shut down, and
+     * counted as cut: the server sees an abrupt end. */
     discard_pending_input(works, n);
     for (size_t i = 0; i < n; i++) {
         struct work *w = &works[i];
-        if (w->fd >= 0 && w->step != STEP_DONE)
+        if (w->fd >= 0 && w->step != STEP_DONE) {
+            static const char *const step_names[] = {"broken", "closing", "flushing",
+                                                     "settling", "awaiting EOF",
+                                                     "awaiting the server's read", "done"};
+            LC_DEBUG("cut %s %p at the deadline (%s)", w->ops->name, w->e->handle,
+                     step_names[w->step]);
             shutdown(w->fd, SHUT_RDWR);
-        if (w->step == STEP_FLUSH || w->step == STEP_CUT)
             result->cut++;
+        }
         result->closed[w->e->kind]++;
     }
+    /* A cancel request still on its way completes (or the deadline passes)
+     * before the process may die. */
+    cancels_wait(job, deadline);
+    if (job)
+        job_release(job);
     registry_release_drained(entries, n);
     result->elapsed_ms = lc_now_ms() - start_ms;
     phase_event("close", start_ms, n, "drain: closed %zu, %lu cut", n, result->cut);

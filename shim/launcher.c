@@ -17,6 +17,7 @@
 #include "config.h"
 #include "doctor.h"
 #include "lastcall.h"
+#include "status.h"
 
 #ifndef LASTCALL_REL_LIBDIR
 #define LASTCALL_REL_LIBDIR "../lib"
@@ -102,6 +103,8 @@ static const struct setting settings[] = {
      "warn about a connection idle this long", check_deadline},
     {"status-signal", "LASTCALL_STATUS_SIGNAL", "SIGNAL", "off",
      "log a status snapshot on this signal (e.g. USR2)", check_signal},
+    {"stop-delay", "LASTCALL_STOP_DELAY", "DURATION", "off",
+     "hold a signal back this long while COMMAND keeps serving (0: off)", check_duration},
     {NULL, NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -110,6 +113,7 @@ static void usage(FILE *out)
     fprintf(out,
             "Usage: lastcall [OPTIONS] [--] COMMAND [ARGS...]\n"
             "       lastcall doctor COMMAND\n"
+            "       lastcall status [--stacks] [--json] PID\n"
             "\n"
             "Runs COMMAND with liblastcall.so preloaded: on SIGTERM/SIGINT or exit() its\n"
             "PostgreSQL (libpq) and Redis (hiredis) connections are drained and closed\n"
@@ -130,6 +134,10 @@ static void usage(FILE *out)
             "launcher finds liblastcall.so. Setuid programs ignore every LASTCALL_* variable.\n"
             "\n"
             "lastcall doctor COMMAND tells whether lastcall will see COMMAND's connections.\n"
+            "lastcall status PID shows the connections of PID, running under lastcall, now:\n"
+            "per kind and target live, in flight, idle, idle in transaction, failed, the\n"
+            "oldest's age; --stacks adds where the open ones were opened, --json the machine\n"
+            "form. Same user or root only.\n"
             "\n"
             "Containers: as PID 1, lastcall drains and exits 128+N, but it is not an init:\n"
             "it reaps no orphaned processes. If COMMAND spawns children, put an init first:\n"
@@ -212,6 +220,8 @@ int main(int argc, char **argv)
         }
         return doctor_run(argv[2], stdout);
     }
+    if (argc >= 2 && strcmp(argv[1], "status") == 0)
+        return status_main(argc - 1, argv + 1);
 
     struct option longopts[32];
     int n = 0;

@@ -29,6 +29,11 @@ static void write_all(const char *buf, size_t n)
     }
 }
 
+int lc_log_fd(void)
+{
+    return log_fd;
+}
+
 char *lc_json_escape(char *out, size_t size, const char *s)
 {
     size_t o = strlen(out);

@@ -20,6 +20,10 @@ void lc_event(int level, const char *event, const char *fields, const char *fmt,
 /* For config_load's complaints: printed unless the level is off. */
 void lc_log_complaint(const char *line);
 
+/* The descriptor lines go to (stderr or LASTCALL_LOG_FILE), for the few
+ * lines written from a signal handler without stdio (stopdelay.c). */
+int lc_log_fd(void);
+
 /* Appends S to OUT as a JSON string body (no quotes); returns OUT. */
 char *lc_json_escape(char *out, size_t size, const char *s);
 

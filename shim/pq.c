@@ -273,19 +273,65 @@ static int pq_socket_fd(struct lc_entry *e)
     return PQ(PQsocket)((PGconn *)e->handle);
 }
 
-static int pq_server_busy(struct lc_entry *e, int fd)
+/* What a connection is doing, read from libpq at drain time: no thread is
+ * inside it then (the caller checked), so asking libpq is safe, and the query
+ * path keeps no bookkeeping of its own. */
+enum pq_state {
+    PQS_BROKEN,
+    PQS_IDLE,       /* idle, or idle in a transaction */
+    PQS_QUERY,      /* a query runs: its result has not fully arrived */
+    PQS_COPY_IN,    /* COPY FROM STDIN: the server waits for our data */
+    PQS_COPY_OUT,   /* COPY TO STDOUT: the server streams */
+    PQS_RESULTS,    /* results, or a pipeline's, still to come or unread */
+};
+
+static enum pq_state pq_state(PGconn *conn)
 {
-    PGconn *conn = e->handle;
-    if (fd < 0 || PQ(PQtransactionStatus) == NULL || PQ(PQisBusy) == NULL)
-        return 0;
+    if (PQ(PQstatus) == NULL || PQ(PQstatus)(conn) != CONNECTION_OK ||
+        PQ(PQtransactionStatus) == NULL || PQ(PQisBusy) == NULL)
+        return PQS_BROKEN;
+    int pipeline = PQ(PQpipelineStatus) && PQ(PQpipelineStatus)(conn) != PQ_PIPELINE_OFF;
     if (PQ(PQtransactionStatus)(conn) != PQTRANS_ACTIVE)
+        return pipeline ? PQS_RESULTS : PQS_IDLE;
+    if (PQ(PQisBusy)(conn)) {
+        /* Read what has arrived (never blocks), so a result that is here
+         * does not count as running. Not in a COPY OUT, whose stream libpq
+         * would buffer without end: PQisBusy is false there. */
+        if (PQ(PQconsumeInput))
+            PQ(PQconsumeInput)(conn);
+        if (PQ(PQisBusy)(conn))
+            return PQS_QUERY;
+    }
+    if (pipeline || PQ(PQgetResult) == NULL || PQ(PQresultStatus) == NULL)
+        return PQS_RESULTS;
+    /* During a COPY, PQgetResult returns a COPY result and leaves the state
+     * as it is; otherwise it hands over a result the program would read
+     * next, which no one will (the connection is closing). */
+    PGresult *r = PQ(PQgetResult)(conn);
+    ExecStatusType st = r ? PQ(PQresultStatus)(r) : PGRES_EMPTY_QUERY;
+    if (r && PQ(PQclear))
+        PQ(PQclear)(r);
+    if (st == PGRES_COPY_IN || st == PGRES_COPY_BOTH)
+        return PQS_COPY_IN;
+    if (st == PGRES_COPY_OUT)
+        return PQS_COPY_OUT;
+    return PQ(PQtransactionStatus)(conn) == PQTRANS_ACTIVE ? PQS_RESULTS : PQS_IDLE;
+}
+
+static int pq_server_busy(struct lc_entry *e, int fd, int cancelled)
+{
+    if (fd < 0 || e->failed)
         return 0;
-    /* Sent but not answered yet. No thread is inside this connection (the
-     * caller checked), so asking libpq about its own buffer is safe. */
-    if (!PQ(PQisBusy)(conn))
+    switch (pq_state(e->handle)) {
+    case PQS_QUERY:
+        return 1;
+    case PQS_COPY_OUT:
+        /* Streams until cancelled; after the cancel, the rest of the
+         * stream and the error are read while closing (pq_settle). */
+        return !cancelled;
+    default:
         return 0;
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    return poll(&p, 1, 0) == 0;
+    }
 }
 
 static void pq_cancel(struct lc_entry *e)
@@ -298,19 +344,153 @@ static void pq_cancel(struct lc_entry *e)
         LC_INFO("cancel request to %s failed: %s", e->target, err);
 }
 
-static int pq_flush(struct lc_entry *e, int fd)
+static int fd_writable(int fd)
+{
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
+    return poll(&p, 1, 0) > 0;
+}
+
+/* Empties libpq's output buffer: 0 done, 1 more to write later, -1 broken.
+ * A non-blocking connection's PQflush never blocks. A blocking connection's
+ * does (until the server reads), so it runs only on a writable socket (what
+ * libpq keeps is under 8 kB then: it writes whole 8 kB blocks as it goes),
+ * with the watchdog as a bound should the server stall mid-way. */
+static int pq_flush_output(PGconn *conn, int fd, int nonblocking, int64_t until_ms)
+{
+    if (PQ(PQflush) == NULL)
+        return -1;
+    if (nonblocking) {
+        int r = PQ(PQflush)(conn);
+        return r < 0 ? -1 : r > 0;
+    }
+    if (!fd_writable(fd))
+        return lc_now_ms() < until_ms ? 1 : -1;
+    int slot = bounded_begin(fd, until_ms);
+    if (slot < 0)
+        return -1;
+    int r = PQ(PQflush)(conn);
+    return bounded_end(slot) || r != 0 ? -1 : 0;
+}
+
+/* Before the goodbye: libpq's own output buffer is emptied (it may hold the
+ * rest of a message already half on the wire: a Terminate after it would
+ * land inside that message), and a COPY IN is ended with CopyFail, so the
+ * server aborts the COPY and stays in step with us. */
+static int pq_flush(struct lc_entry *e, int fd, int64_t until_ms)
 {
     PGconn *conn = e->handle;
-    if (fd < 0 || PQ(PQstatus) == NULL || PQ(PQstatus)(conn) != CONNECTION_OK)
+    if (fd < 0 || e->failed || PQ(PQstatus) == NULL || PQ(PQstatus)(conn) != CONNECTION_OK)
         return LC_FLUSH_GIVE_UP;
-    /* Blocking-mode libpq flushes before every call returns; only a
-     * non-blocking connection can hold queued output here. Its PQflush never
-     * blocks. Nothing waits on what it wrote: Terminate follows it. */
-    if (PQ(PQisnonblocking) && PQ(PQisnonblocking)(conn) && PQ(PQflush)) {
-        int r = PQ(PQflush)(conn);
-        return r == 0 ? LC_FLUSH_NOTHING : (r > 0 ? LC_FLUSH_MORE : LC_FLUSH_GIVE_UP);
+    int nonblocking = PQ(PQisnonblocking) && PQ(PQisnonblocking)(conn);
+    int r = pq_flush_output(conn, fd, nonblocking, until_ms);
+    if (r != 0)
+        return r < 0 ? LC_FLUSH_GIVE_UP : LC_FLUSH_MORE;
+    if (pq_state(conn) != PQS_COPY_IN || PQ(PQputCopyEnd) == NULL)
+        return LC_FLUSH_NOTHING;
+    /* A blocking connection's PQputCopyEnd flushes, blocking: bounded. */
+    int slot = nonblocking ? -1 : bounded_begin(fd, until_ms);
+    if (!nonblocking && slot < 0)
+        return LC_FLUSH_GIVE_UP;
+    int ended = PQ(PQputCopyEnd)(conn, "lastcall: process is shutting down");
+    if (slot >= 0 && bounded_end(slot))
+        return LC_FLUSH_GIVE_UP;
+    if (ended < 0)
+        return LC_FLUSH_GIVE_UP;
+    if (ended == 0)
+        return LC_FLUSH_MORE; /* no room yet (non-blocking): try again */
+    r = pq_flush_output(conn, fd, nonblocking, until_ms);
+    return r < 0 ? LC_FLUSH_GIVE_UP : r > 0 ? LC_FLUSH_MORE : LC_FLUSH_WROTE;
+}
+
+enum { SETTLE_ROLLBACK_SENT = 1, SETTLE_SYNC_SENT = 2 };
+
+/* A query sent by us, on a blocking connection bounded by the watchdog. */
+static int pq_send_bounded(PGconn *conn, int fd, int nonblocking, int64_t until_ms,
+                           int (*send)(PGconn *), const char *sql)
+{
+    int slot = nonblocking ? -1 : bounded_begin(fd, until_ms);
+    if (!nonblocking && slot < 0)
+        return 0;
+    int ok = send ? send(conn) : PQ(PQsendQuery)(conn, sql);
+    if (slot >= 0 && bounded_end(slot))
+        return 0;
+    return ok == 1;
+}
+
+/* Reads what the server still sends until the session is idle (libpq's
+ * state machine does the parsing), then rolls back an open transaction.
+ * Without this, a pooler such as PgBouncer 1.18 drops the server connection
+ * of a client that leaves while its server is "not ready" (a transaction, a
+ * COPY, results on the way), and the backend logs an abrupt end. */
+static int pq_settle(struct lc_entry *e, int fd, int *scratch, int64_t until_ms)
+{
+    PGconn *conn = e->handle;
+    if (e->failed || PQ(PQstatus) == NULL || PQ(PQstatus)(conn) != CONNECTION_OK ||
+        PQ(PQconsumeInput) == NULL || PQ(PQgetResult) == NULL || PQ(PQisBusy) == NULL ||
+        PQ(PQtransactionStatus) == NULL || PQ(PQresultStatus) == NULL || PQ(PQclear) == NULL ||
+        PQ(PQsendQuery) == NULL)
+        return LC_SETTLE_GIVE_UP;
+    int nonblocking = PQ(PQisnonblocking) && PQ(PQisnonblocking)(conn);
+    if (nonblocking && PQ(PQflush)) {
+        int f = PQ(PQflush)(conn);
+        if (f != 0)
+            return f < 0 ? LC_SETTLE_GIVE_UP : LC_SETTLE_WAIT;
     }
-    return LC_FLUSH_NOTHING;
+    if (!PQ(PQconsumeInput)(conn))
+        return LC_SETTLE_GIVE_UP;
+    for (int rounds = 0; rounds < 10000; rounds++) {
+        int pipeline = PQ(PQpipelineStatus) && PQ(PQpipelineStatus)(conn) != PQ_PIPELINE_OFF;
+        PGTransactionStatusType ts = PQ(PQtransactionStatus)(conn);
+        if (ts != PQTRANS_ACTIVE) {
+            if (pipeline) {
+                if (PQ(PQexitPipelineMode) && PQ(PQexitPipelineMode)(conn) == 1)
+                    continue;
+                /* Queries queued with no Sync after them: the server waits
+                 * for it before it answers the last of them. */
+                if (*scratch & SETTLE_SYNC_SENT || PQ(PQpipelineSync) == NULL)
+                    return LC_SETTLE_GIVE_UP;
+                *scratch |= SETTLE_SYNC_SENT;
+                if (!pq_send_bounded(conn, fd, nonblocking, until_ms, PQ(PQpipelineSync), NULL))
+                    return LC_SETTLE_GIVE_UP;
+                return LC_SETTLE_WAIT;
+            }
+            if (ts == PQTRANS_IDLE)
+                return LC_SETTLE_DONE;
+            if (ts != PQTRANS_INTRANS && ts != PQTRANS_INERROR)
+                return LC_SETTLE_GIVE_UP;
+            /* Terminate would roll back as well; ROLLBACK first leaves the
+             * session idle for a pooler to keep. */
+            if (*scratch & SETTLE_ROLLBACK_SENT)
+                return LC_SETTLE_GIVE_UP;
+            *scratch |= SETTLE_ROLLBACK_SENT;
+            if (!pq_send_bounded(conn, fd, nonblocking, until_ms, NULL, "ROLLBACK"))
+                return LC_SETTLE_GIVE_UP;
+            return LC_SETTLE_WAIT;
+        }
+        if (PQ(PQisBusy)(conn))
+            return LC_SETTLE_WAIT;
+        PGresult *r = PQ(PQgetResult)(conn);
+        if (r == NULL)
+            continue;
+        ExecStatusType st = PQ(PQresultStatus)(r);
+        PQ(PQclear)(r);
+        if (st == PGRES_COPY_OUT) {
+            /* A cancelled COPY OUT: what was already streamed, then its end. */
+            if (PQ(PQgetCopyData) == NULL || PQ(PQfreemem) == NULL)
+                return LC_SETTLE_GIVE_UP;
+            char *buf;
+            int got;
+            while ((got = PQ(PQgetCopyData)(conn, &buf, 1)) > 0)
+                PQ(PQfreemem)(buf);
+            if (got == 0)
+                return LC_SETTLE_WAIT;
+            if (got < -1)
+                return LC_SETTLE_GIVE_UP;
+        } else if (st == PGRES_COPY_IN || st == PGRES_COPY_BOTH) {
+            return LC_SETTLE_GIVE_UP; /* the flush ends a COPY IN; not here */
+        }
+    }
+    return LC_SETTLE_GIVE_UP;
 }
 
 typedef int (*ssl_write_fn)(void *ssl, const void *buf, int num);
@@ -340,8 +520,10 @@ static void pq_terminate(struct lc_entry *e, int fd)
 
 static int pq_server_may_send(struct lc_entry *e)
 {
-    return !e->failed && PQ(PQtransactionStatus) &&
-           PQ(PQtransactionStatus)((PGconn *)e->handle) == PQTRANS_ACTIVE;
+    if (e->failed)
+        return 0;
+    enum pq_state st = pq_state(e->handle);
+    return st != PQS_IDLE && st != PQS_BROKEN;
 }
 
 static int pq_in_transaction(struct lc_entry *e)
@@ -358,6 +540,7 @@ const struct lc_kind_ops lc_pq_ops = {
     .server_busy = pq_server_busy,
     .cancel = pq_cancel,
     .flush = pq_flush,
+    .settle = pq_settle,
     .terminate = pq_terminate,
     .server_may_send = pq_server_may_send,
     .in_transaction = pq_in_transaction,

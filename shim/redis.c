@@ -291,7 +291,10 @@ LC_EXPORT void redisFree(redisContext *c)
 
 LC_EXPORT int redisFreeKeepFd(redisContext *c)
 {
-    return redis_free_tracked(c, real_free_keepfd);
+    lc_free_keeps_fd = 1;
+    int fd = redis_free_tracked(c, real_free_keepfd);
+    lc_free_keeps_fd = 0;
+    return fd;
 }
 
 LC_EXPORT void redisAsyncFree(redisAsyncContext *ac)
@@ -443,8 +446,9 @@ static size_t redis_obuf_len(const void *ctx)
     }
 }
 
-static int redis_flush(struct lc_entry *e, int fd)
+static int redis_flush(struct lc_entry *e, int fd, int64_t until_ms)
 {
+    (void)until_ms; /* never blocks: the socket is made non-blocking */
     if (redis_context_err(e->handle) != 0)
         return LC_FLUSH_GIVE_UP;
     if (redis_obuf_len(e->handle) == 0)

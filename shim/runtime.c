@@ -20,6 +20,7 @@
 #include "registry.h"
 #include "report.h"
 #include "signals.h"
+#include "status.h"
 
 struct lc_config lc_cfg;
 int lc_initialized;
@@ -39,7 +40,7 @@ static int ssl_atexit_registered;  /* pid-independent: atexit lists survive fork
 static int drain_requested;        /* set by whoever asks for a drain */
 static pid_t exit_drained_pid;
 
-enum { REQ_EXIT = 0, REQ_STATUS = -1 }; /* > 0: a signal drain for that signal */
+enum { REQ_EXIT = 0, REQ_STATUS = -1, REQ_REMOTE_STATUS = -2 }; /* > 0: a signal drain for that signal */
 
 /* No padding: the whole struct goes through a pipe (valgrind would flag
  * uninitialised padding bytes; found by the memcheck test). */
@@ -172,6 +173,8 @@ static void *drain_thread_main(void *arg)
         struct lc_drain_result result;
         if (req.sig == REQ_STATUS) {
             report_status();
+        } else if (req.sig == REQ_REMOTE_STATUS) {
+            status_answer((uint64_t)req.start_ms); /* lastcall status PID: the asker's token */
         } else if (req.sig == REQ_EXIT) {
             signals_resync();
             if (registry_owned_live() > 0) {
@@ -283,6 +286,18 @@ void runtime_request_status(void)
     post_request(REQ_STATUS);
 }
 
+int runtime_request_remote_status(uint64_t token)
+{
+    if (!drain_thread_ok || runtime_pid != getpid() || wake_pipe[1] < 0)
+        return -1;
+    struct drain_request req = {.sig = REQ_REMOTE_STATUS, .start_ms = (int64_t)token};
+    ssize_t w;
+    do
+        w = write(wake_pipe[1], &req, sizeof req);
+    while (w < 0 && errno == EINTR);
+    return w == (ssize_t)sizeof req ? 0 : -1;
+}
+
 void runtime_log_open(int kind, const void *handle, const char *target, int failed, int ssl)
 {
     int level = failed ? LC_LOG_INFO : LC_LOG_DEBUG;
@@ -310,6 +325,24 @@ void runtime_log_close(const struct lc_entry *info)
              info->kind == LC_KIND_PQ ? "PostgreSQL" : "Redis", info->handle);
 }
 
+/* Shutdown has begun in this process: a managed signal arrived, or exit()
+ * reached our exit drain. The first free after that fixes the start of the
+ * deadline if no drain did. */
+static pid_t exit_started_pid;
+static int64_t shutdown_start_ms;
+
+static int shutdown_begun(void)
+{
+    if (signals_shutdown_started() ||
+        __atomic_load_n(&exit_started_pid, __ATOMIC_ACQUIRE) == registry_self_pid()) {
+        int64_t zero = 0, now = lc_now_ms();
+        __atomic_compare_exchange_n(&shutdown_start_ms, &zero, now, 0, __ATOMIC_ACQ_REL,
+                                    __ATOMIC_ACQUIRE);
+        return 1;
+    }
+    return 0;
+}
+
 int runtime_free_tracked(void *handle, int (*do_free)(void *), struct lc_entry *info,
                          int *tracked)
 {
@@ -320,6 +353,18 @@ int runtime_free_tracked(void *handle, int (*do_free)(void *), struct lc_entry *
     void *self = inflight_suspend();
     *tracked = registry_take(handle, lc_now_ms() + lc_cfg.deadline_ms + 100, info);
     inflight_resume(self);
+    /* Once shutdown has begun, the program's own close is made the drain's
+     * close: a running query is cancelled, buffered output is written (see
+     * DESIGN.md for why not outside shutdown). Bounded by the deadline,
+     * counted from the signal or exit(). */
+    if (*tracked && info->state == LC_ENTRY_OPEN && !info->failed &&
+        info->pid == registry_self_pid() && shutdown_begun()) {
+        int64_t start = __atomic_load_n(&shutdown_start_ms, __ATOMIC_ACQUIRE);
+        if (start == 0)
+            start = lc_now_ms();
+        if (drain_close_by_program(info, lc_free_keeps_fd, start + lc_cfg.deadline_ms))
+            info->cancel = NULL; /* still in use by an abandoned cancel request */
+    }
     lc_depth++;
     int r = do_free(handle); /* after a drain the socket is shut down: this returns at once */
     lc_depth--;
@@ -354,6 +399,7 @@ static void exit_drain(void)
             pause();
     }
     gate_set_exiting_thread();
+    __atomic_store_n(&exit_started_pid, self, __ATOMIC_RELEASE);
     if (post_request(REQ_EXIT) != 0) {
         struct lc_drain_result result;
         drain_run(LC_GATE_EXIT, lc_now_ms(), &result);
@@ -370,7 +416,16 @@ static void exit_drain(void)
             break;
         struct pollfd p = {.fd = done_pipe[0], .events = POLLIN};
         int r = poll(&p, 1, (int)left);
-        if (r > 0 || (r < 0 && errno != EINTR))
+        if (r > 0) {
+            /* Reading the byte orders everything the drain thread did (SSL
+             * writes included) before the exit cleanups that follow us, such
+             * as OpenSSL's frees; a poll alone is no such order (TSan saw it). */
+            char c;
+            while (read(done_pipe[0], &c, 1) < 0 && errno == EINTR)
+                ;
+            break;
+        }
+        if (r < 0 && errno != EINTR)
             break;
     }
 }

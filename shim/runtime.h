@@ -35,6 +35,10 @@ void runtime_log_close(const struct lc_entry *info);
 /* From a signal handler: ask the drain thread for a status snapshot.
  * Async-signal-safe. */
 void runtime_request_status(void);
+/* From a signal handler: ask the drain thread to answer `lastcall status`
+ * (status.h). Async-signal-safe. Returns -1 when this process has no drain
+ * thread. */
+int runtime_request_remote_status(uint64_t token);
 
 /* The program frees HANDLE (PQfinish, redisFree...): waits while the drain
  * owns it, takes it out of the registry, runs DO_FREE (the real free, nested

@@ -11,12 +11,17 @@
 #include "lc.h"
 #include "registry.h"
 #include "runtime.h"
+#include "status.h"
+#include "stopdelay.h"
 
 /* glibc's own name for the real sigaction: calling it directly spares every
  * process (a shell, /bin/true) a dlsym at start-up. */
 extern int __sigaction(int sig, const struct sigaction *act, struct sigaction *oldact);
 static int managed[NSIG];
 static int status_sig;
+/* LC_STATUS_SIGNAL, for `lastcall status PID`: taken over only for requests
+ * that carry our magic; anything else gets the program's disposition. */
+static int remote_sig;
 /* What the program believes each managed signal's disposition is, held as
  * the kernel would hold it (see normalize()), so that a read-back through
  * sigaction() or signal() gives exactly what it gives without lastcall. */
@@ -38,6 +43,16 @@ static int glibc_added_known;
 static int table_lock;
 /* The pid that received a managed signal: a fork child starts afresh. */
 static pid_t shutdown_pid;
+
+/* LASTCALL_STOP_DELAY: the first managed signal is held (HOLDING) while a
+ * timer runs; its expiry, or a second managed signal, ends the hold (OVER)
+ * and a signal goes on as usual. Only the handler moves the state, by
+ * compare-and-swap (several threads may take managed signals at once). */
+enum { DELAY_NONE, DELAY_HOLDING, DELAY_OVER };
+static int delay_state;
+static int delay_sig;
+static siginfo_t delay_info;
+static int64_t delay_start_ms;
 
 int signals_shutdown_started(void)
 {
@@ -178,15 +193,32 @@ void signals_resync(void)
     unlock_table(&saved);
 }
 
+static void signals_atfork_child(void)
+{
+    /* The child has no pending signal and no timer of the parent's: a hold
+     * under way in the parent is the parent's. */
+    __atomic_store_n(&delay_state, DELAY_NONE, __ATOMIC_RELEASE);
+    stopdelay_atfork_child();
+}
+
 void signals_install(const sigset_t *set, int status_signal)
 {
     status_sig = status_signal;
+    remote_sig = LC_STATUS_SIGNAL;
+    if (lc_cfg.stop_delay_ms > 0) {
+        sigset_t delayed = *set;
+        if (status_signal > 0)
+            sigdelset(&delayed, status_signal);
+        /* Before our handler is in place: it may take a signal at once. */
+        stopdelay_init(lc_cfg.stop_delay_ms, &delayed);
+        pthread_atfork(NULL, NULL, signals_atfork_child);
+    }
     struct sigaction ours;
     memset(&ours, 0, sizeof ours);
     ours.sa_sigaction = lc_signal_handler;
     ours.sa_flags = SA_SIGINFO | SA_RESTART;
     for (int sig = 1; sig < NSIG; sig++) {
-        if (sigismember(set, sig) != 1 && sig != status_signal)
+        if (sigismember(set, sig) != 1 && sig != status_signal && sig != remote_sig)
             continue;
         /* One syscall: install ours and learn what was there. At exec only
          * SIG_DFL and SIG_IGN can be inherited; an ignored signal is put back. */
@@ -235,7 +267,7 @@ static void park_until_death(void)
     sigset_t wait_mask;
     sigfillset(&wait_mask);
     for (int s = 1; s < NSIG; s++)
-        if (managed[s] && s != status_sig)
+        if (managed[s] && s != status_sig && s != remote_sig)
             sigdelset(&wait_mask, s);
     for (;;)
         sigsuspend(&wait_mask);
@@ -253,10 +285,81 @@ static void call_program(int sig, const struct sigaction *v, siginfo_t *info, vo
         v->sa_handler(sig);
 }
 
+enum delay_verdict { DELAY_GO_ON, DELAY_HELD };
+
+/* Decides what the stop delay does with SIG. On DELAY_GO_ON *INFO may have
+ * been replaced by the held signal's own siginfo. */
+static enum delay_verdict stop_delay(int sig, siginfo_t **info)
+{
+    if (stopdelay_is_timer(*info)) {
+        int holding = DELAY_HOLDING;
+        if (sig != __atomic_load_n(&delay_sig, __ATOMIC_ACQUIRE) ||
+            !__atomic_compare_exchange_n(&delay_state, &holding, DELAY_OVER, 0, __ATOMIC_ACQ_REL,
+                                         __ATOMIC_ACQUIRE))
+            return DELAY_HELD; /* an expiry queued before a second signal cut the hold */
+        if (runtime_drain_requested()) {
+            /* The program called exit() during the delay and its exit drain
+             * is under way: the held signal would only cut that short. */
+            stopdelay_log(STOPDELAY_DROPPED, sig, lc_now_ms() - delay_start_ms);
+            return DELAY_HELD;
+        }
+        stopdelay_log(STOPDELAY_OVER, sig, lc_now_ms() - delay_start_ms);
+        *info = &delay_info;
+        return DELAY_GO_ON;
+    }
+    int state = __atomic_load_n(&delay_state, __ATOMIC_ACQUIRE);
+    if (state == DELAY_NONE && lc_cfg.stop_delay_ms > 0 &&
+        __atomic_compare_exchange_n(&delay_state, &state, DELAY_HOLDING, 0, __ATOMIC_ACQ_REL,
+                                    __ATOMIC_ACQUIRE)) {
+        delay_info = **info;
+        delay_start_ms = lc_now_ms();
+        __atomic_store_n(&delay_sig, sig, __ATOMIC_RELEASE);
+        if (stopdelay_arm(sig) == 0) {
+            stopdelay_log(STOPDELAY_BEGIN, sig, 0);
+            return DELAY_HELD;
+        }
+        /* No timer in this process: no delay. */
+        __atomic_store_n(&delay_state, DELAY_OVER, __ATOMIC_RELEASE);
+        return DELAY_GO_ON;
+    }
+    int holding = DELAY_HOLDING;
+    if (state == DELAY_HOLDING &&
+        __atomic_compare_exchange_n(&delay_state, &holding, DELAY_OVER, 0, __ATOMIC_ACQ_REL,
+                                    __ATOMIC_ACQUIRE)) {
+        /* A second signal: the user means it now. */
+        stopdelay_disarm(__atomic_load_n(&delay_sig, __ATOMIC_ACQUIRE));
+        stopdelay_log(STOPDELAY_CUT, sig, lc_now_ms() - delay_start_ms);
+    }
+    return DELAY_GO_ON;
+}
+
 static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
 {
     int saved_errno = errno;
+    if (lc_cfg.stop_delay_ms > 0 && sig != status_sig && sig != remote_sig &&
+        stop_delay(sig, &info) == DELAY_HELD) {
+        errno = saved_errno;
+        return;
+    }
     struct sigaction v = virtual_act[sig];
+    if (sig == remote_sig) {
+        if (status_is_request(sig, info)) {
+            status_on_request(info);
+            errno = saved_errno;
+            return;
+        }
+        /* Not ours: what the kernel would do with the program's disposition.
+         * No drain: this signal is not one lastcall manages. */
+        if (disposition_of(&v) == DISP_FUNCTION) {
+            if (v.sa_flags & SA_RESETHAND)
+                virtual_act[sig].sa_handler = SIG_DFL;
+            call_program(sig, &v, info, uctx);
+        } else if (disposition_of(&v) == DISP_DEFAULT && getpid() != 1) {
+            die_on_return(sig); /* as PID 1 the kernel would drop it */
+            errno = saved_errno;
+        }
+        return;
+    }
     if (sig == status_sig) {
         /* Taken over for LASTCALL_STATUS_SIGNAL: a snapshot, then the
          * program's own handler if it has one; never the default action. */

@@ -206,3 +206,32 @@ Test(config, stacks_off_by_default_and_bad_leak_values)
     cr_assert_eq(cfg.report_format, LC_FORMAT_TEXT);
     cr_assert_eq(cfg.stacks, 0);
 }
+
+Test(config, stop_delay)
+{
+    struct lc_config cfg;
+    config_load(&cfg, fake_getenv, record);
+    cr_assert_eq(cfg.stop_delay_ms, 0, "off by default");
+    fake_env[0][0] = "LASTCALL_STOP_DELAY";
+    fake_env[0][1] = "5s";
+    config_load(&cfg, fake_getenv, record);
+    cr_assert_eq(n_complaints, 0);
+    cr_assert_eq(cfg.stop_delay_ms, 5000);
+    fake_env[0][1] = "0";
+    config_load(&cfg, fake_getenv, record);
+    cr_assert_eq(n_complaints, 0);
+    cr_assert_eq(cfg.stop_delay_ms, 0, "0 is off");
+    fake_env[0][1] = "250ms";
+    config_load(&cfg, fake_getenv, record);
+    cr_assert_eq(cfg.stop_delay_ms, 250);
+    const char *bad[] = {"soon", "-1s", "5 parsecs", "25h", ""};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        n_complaints = 0;
+        fake_env[0][1] = bad[i];
+        config_load(&cfg, fake_getenv, record);
+        cr_assert_eq(n_complaints, 1, "%s", bad[i]);
+        cr_assert_eq(cfg.stop_delay_ms, 0, "%s falls back to off", bad[i]);
+        cr_assert(strstr(complaints[0], "LASTCALL_STOP_DELAY") != NULL);
+        cr_assert(strstr(complaints[0], "using off") != NULL, "%s", complaints[0]);
+    }
+}
