@@ -327,7 +327,10 @@ void inflight_atfork_child(void)
     if (mine)
         mine->next = NULL;
     registered = mine != NULL;
-    pthread_mutex_init(&slots_lock, NULL);
+    /* Held by this very thread since atfork_prepare: unlocked, not re-made
+     * (re-initialising a held mutex is what ThreadSanitizer rightly flags). */
+    pthread_mutex_unlock(&slots_lock);
+    /* May have been held by a thread that does not exist in the child. */
     pthread_mutex_init(&gate_lock, NULL);
     pthread_cond_init(&gate_cond, NULL);
     __atomic_store_n(&lc_gate_closed, 0, __ATOMIC_RELEASE);

@@ -233,6 +233,29 @@ REDIS_CONNECT_HOOK(ASYNC, redisAsyncConnectUnix, (const char *path), (path), UNI
 REDIS_CONNECT_HOOK(ASYNC, redisAsyncConnectWithOptions, (const lc_redis_options *options), (options),
                    target_options(target, sizeof target, options))
 
+/* hiredis_ssl (1.x) starts TLS on an already tracked context. OpenSSL
+ * registers its exit cleanup at its first use, which may come after our
+ * first connect (a plain TCP connection first, TLS later): our exit drain must
+ * go on the atexit list again, after OpenSSL's, or it would write through an
+ * SSL object OpenSSL already tore down. The SSL types are opaque here. */
+int redisInitiateSSL(redisContext *c, void *ssl);
+int redisInitiateSSLWithContext(redisContext *c, void *redis_ssl_ctx);
+
+#define REDIS_SSL_HOOK(name, argtype)                                                          \
+    LC_EXPORT int name(redisContext *c, argtype arg)                                           \
+    {                                                                                          \
+        int (*real)(redisContext *, argtype) = HOOKED_REAL_IN(LC_LIB_HIREDIS_SSL, name);       \
+        if (LC_UNLIKELY(real == NULL))                                                         \
+            return REDIS_ERR;                                                                  \
+        int r = real(c, arg);                                                                  \
+        if (r == REDIS_OK && lc_depth == 0 && lc_active())                                     \
+            runtime_on_connect(1);                                                             \
+        return r;                                                                              \
+    }
+
+REDIS_SSL_HOOK(redisInitiateSSL, void *)
+REDIS_SSL_HOOK(redisInitiateSSLWithContext, void *)
+
 LC_EXPORT int redisReconnect(redisContext *c)
 {
     int (*real)(redisContext *) = RD_HOOKED(redisReconnect);

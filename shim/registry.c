@@ -274,9 +274,17 @@ static struct lc_entry copy_entry(const struct lc_entry *src)
 
 /* Copies of the entries PID owns that KEEP accepts (under the lock; KEEP may
  * also update the entry). */
+static int (*transaction_probe)(struct lc_entry *e);
+
+void registry_set_transaction_probe(int (*probe)(struct lc_entry *e))
+{
+    __atomic_store_n(&transaction_probe, probe, __ATOMIC_RELEASE);
+}
+
 static size_t collect(pid_t pid, int (*keep)(struct lc_entry *, const void *), const void *arg,
                       struct lc_entry **out)
 {
+    int (*probe)(struct lc_entry *) = __atomic_load_n(&transaction_probe, __ATOMIC_ACQUIRE);
     pthread_mutex_lock(&registry_lock);
     size_t n = 0, cap = HASH_COUNT(table);
     struct lc_entry *copies = calloc(cap ? cap : 1, sizeof *copies);
@@ -284,8 +292,11 @@ static size_t collect(pid_t pid, int (*keep)(struct lc_entry *, const void *), c
     HASH_ITER(hh, table, e, tmp) {
         if (copies == NULL || n >= cap)
             break;
-        if (e->pub.pid == pid && keep(&e->pub, arg))
-            copies[n++] = copy_entry(&e->pub);
+        if (e->pub.pid == pid && keep(&e->pub, arg)) {
+            copies[n] = copy_entry(&e->pub);
+            copies[n].in_transaction = probe && !e->pub.failed && probe(&e->pub);
+            n++;
+        }
     }
     pthread_mutex_unlock(&registry_lock);
     *out = copies;

@@ -34,6 +34,7 @@ struct lc_entry {
     struct lc_stack *stack;   /* opening call stack, or NULL (stacks off) */
     int64_t last_used_ms;     /* monotonic; kept only when LASTCALL_LEAK_AGE is set */
     int suspect;              /* reported as idle too long */
+    int in_transaction;       /* in snapshots only: read under the registry lock */
     char target[LC_TARGET_MAX];
 };
 
@@ -82,6 +83,10 @@ void registry_counts(struct lc_registry_counts *out);
 /* Copies of the entries owned by PID (stacks copied too: free each copy's
  * stack, then the array, with registry_free_snapshot). Returns the count. */
 size_t registry_snapshot(pid_t pid, int kind, struct lc_entry **out);
+/* Fills each snapshot copy's in_transaction while the registry lock is held:
+ * a program's PQfinish takes the entry out (under the same lock) before it
+ * frees the connection, so the handle cannot be freed while PROBE reads it. */
+void registry_set_transaction_probe(int (*probe)(struct lc_entry *e));
 void registry_free_snapshot(struct lc_entry *copies, size_t n);
 
 /* The program used HANDLE (LASTCALL_LEAK_AGE). Returns 1 when it had been

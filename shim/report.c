@@ -373,7 +373,7 @@ void report_status(void)
             failed[k]++;
         else if (inflight_contains(inside, n_inside, e->handle))
             busy[k]++;
-        else if (k == LC_KIND_PQ && lc_pq_ops.in_transaction && lc_pq_ops.in_transaction(e))
+        else if (e->in_transaction)
             in_tx[k]++;
         else
             idle[k]++;

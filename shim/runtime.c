@@ -91,7 +91,13 @@ static void atfork_child(void)
     drain_thread_ok = 0;
     runtime_pid = 0;
     __atomic_store_n(&drain_requested, 0, __ATOMIC_RELEASE);
-    pthread_mutex_init(&runtime_lock, NULL);
+    pthread_mutex_unlock(&runtime_lock); /* taken by this thread in atfork_prepare */
+}
+
+/* Read under the registry lock (registry_set_transaction_probe). */
+static int entry_in_transaction(struct lc_entry *e)
+{
+    return e->kind == LC_KIND_PQ && lc_pq_ops.in_transaction && lc_pq_ops.in_transaction(e);
 }
 
 static void do_init(void)
@@ -102,6 +108,7 @@ static void do_init(void)
         signals_install(&lc_cfg.signals, lc_cfg.status_signal);
         inflight_set_touch(lc_cfg.leak_age_ms > 0);
         inflight_register_thread(); /* the main thread; pthread_create registers the rest */
+        registry_set_transaction_probe(entry_in_transaction);
     }
     __atomic_store_n(&lc_initialized, 1, __ATOMIC_RELEASE);
 }

@@ -144,8 +144,7 @@ static void write_connections(FILE *f, struct lc_entry *entries, size_t n, int64
             state = "failed";
         else if (inflight_contains(inside, n_inside, e->handle))
             state = "in_flight";
-        else if (e->kind == LC_KIND_PQ && lc_pq_ops.in_transaction &&
-                 lc_pq_ops.in_transaction(e))
+        else if (e->kind == LC_KIND_PQ && e->in_transaction)
             state = "idle_in_transaction";
         else
             state = "idle";

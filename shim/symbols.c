@@ -15,6 +15,7 @@ static const char *const lib_defines[LC_LIB_COUNT][2] = {
     [LC_LIB_PQ] = {"PQconnectdb", "PQfinish"},
     [LC_LIB_HIREDIS] = {"redisConnect", "redisFree"},
     [LC_LIB_SSL] = {"SSL_write", "SSL_CTX_new"},
+    [LC_LIB_HIREDIS_SSL] = {"redisInitiateSSL", "redisCreateSSLContext"},
 };
 
 static void *lib_handles[LC_LIB_COUNT];

@@ -5,7 +5,14 @@
 #define LC_SYMBOLS_H
 
 /* LC_LIB_LIBC: only dlsym(RTLD_NEXT), for the libc calls we interpose. */
-enum lc_lib { LC_LIB_PQ, LC_LIB_HIREDIS, LC_LIB_SSL, LC_LIB_COUNT, LC_LIB_LIBC = LC_LIB_COUNT };
+enum lc_lib {
+    LC_LIB_PQ,
+    LC_LIB_HIREDIS,
+    LC_LIB_SSL,
+    LC_LIB_HIREDIS_SSL, /* hiredis 1.x's TLS library, beside libhiredis */
+    LC_LIB_COUNT,
+    LC_LIB_LIBC = LC_LIB_COUNT
+};
 
 /* Returns the address of the real NAME, or NULL. Tries dlsym(RTLD_NEXT), then
  * the library already loaded in a local scope (dlopen RTLD_NOLOAD), as Python
