@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/auxv.h>
 #include <unistd.h>
 
 #include "../include/lastcall.h"
@@ -49,14 +50,36 @@ struct drain_request {
     int64_t start_ms;
 };
 
-/* secure_getenv: a setuid program ignores the environment's settings. */
+/* The LASTCALL_* entries of the environment, found in one pass: a getenv
+ * per setting scanned the whole environment once each, in every process
+ * that loads us (a shell, /bin/true). */
+#define ENV_MAX 32
+static const char *env_entries[ENV_MAX];
+static int env_count;
+
+static void collect_environment(void)
+{
+    /* A setuid/setgid program ignores the environment's settings, as
+     * secure_getenv would. */
+    if (getauxval(AT_SECURE))
+        return;
+    for (char **e = environ; e && *e && env_count < ENV_MAX; e++)
+        if (strncmp(*e, "LASTCALL_", 9) == 0)
+            env_entries[env_count++] = *e;
+}
+
 static const char *env_lookup(const char *name)
 {
-    return secure_getenv(name);
+    size_t len = strlen(name);
+    for (int i = 0; i < env_count; i++)
+        if (strncmp(env_entries[i], name, len) == 0 && env_entries[i][len] == '=')
+            return env_entries[i] + len + 1;
+    return NULL;
 }
 
 static void config_from_env(void)
 {
+    collect_environment();
     config_load(&lc_cfg, env_lookup, lc_log_complaint);
     lc_log_setup(&lc_cfg);
 }
