@@ -413,3 +413,50 @@ pid_t redis_pid(void)
     fclose(f);
     return pid;
 }
+
+/* ---- shared by several test files ---- */
+
+int died_by(int status, int sig)
+{
+    return status != -1 && WIFSIGNALED(status) && WTERMSIG(status) == sig;
+}
+
+int wait_active_query(const char *app, int timeout_ms)
+{
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s' "
+             "AND state = 'active'", app);
+    int64_t until = now_us() + (int64_t)timeout_ms * 1000;
+    while (now_us() < until) {
+        if (pg_scalar(sql) > 0)
+            return 0;
+        sleep_ms(20);
+    }
+    return -1;
+}
+
+long redis_llen(const char *key)
+{
+    redisContext *c = redisConnectUnix(getenv("LC_TEST_REDIS_SOCK"));
+    cr_assert(c && !c->err, "redis connect");
+    redisReply *r = redisCommand(c, "LLEN %s", key);
+    long n = r && r->type == REDIS_REPLY_INTEGER ? (long)r->integer : -1;
+    freeReplyObject(r);
+    redisFree(c);
+    return n;
+}
+
+pid_t pid1_of(pid_t unshare_pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task/%d/children", (int)unshare_pid, (int)unshare_pid);
+    FILE *f = fopen(path, "r");
+    int child = -1;
+    if (f == NULL || fscanf(f, "%d", &child) != 1)
+        child = -1;
+    if (f)
+        fclose(f);
+    return child;
+}
+

@@ -75,6 +75,15 @@ char *slurp(const char *path);
  * (LASTCALL_TEST_TIME_SLACK_MS). The normal and ASan builds assert the real bounds. */
 int slack_ms(void);
 
+/* The wait status says the process died by SIG. */
+int died_by(int status, int sig);
+/* Waits until APP has a query running (state 'active'); 0, or -1 at timeout. */
+int wait_active_query(const char *app, int timeout_ms);
+/* LLEN of KEY over the test's unix socket, or -1. */
+long redis_llen(const char *key);
+/* The PID 1 of the namespace `unshare --pid --fork` (pid UNSHARE_PID) made, or -1. */
+pid_t pid1_of(pid_t unshare_pid);
+
 int64_t now_us(void);
 void sleep_ms(int ms);
 

@@ -34,19 +34,6 @@ static void need_root_and_inits(void)
 }
 
 /* unshare --fork has one child: the namespace's PID 1, seen from here. */
-static pid_t pid1_of(pid_t unshare_pid)
-{
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/task/%d/children", (int)unshare_pid, (int)unshare_pid);
-    FILE *f = fopen(path, "r");
-    int child = -1;
-    if (f == NULL || fscanf(f, "%d", &child) != 1)
-        child = -1;
-    if (f)
-        fclose(f);
-    return child;
-}
-
 /* Zombies among PID's children. */
 static int zombie_children(pid_t pid)
 {

@@ -18,11 +18,6 @@ LC_TEST_MAIN
 
 #define CLIENT build_path("tests/clients/lc_client")
 
-static int died_by(int status, int sig)
-{
-    return status != -1 && WIFSIGNALED(status) && WTERMSIG(status) == sig;
-}
-
 static void terminate_backend(int pid)
 {
     char sql[128];

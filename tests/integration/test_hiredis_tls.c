@@ -18,17 +18,6 @@ LC_TEST_MAIN
 #define TLS_CLIENT build_path("tests/clients/hiredis_tls_client")
 #define RPUSHES 2000
 
-static long redis_llen(const char *key)
-{
-    redisContext *c = redisConnectUnix(getenv("LC_TEST_REDIS_SOCK"));
-    cr_assert(c && !c->err, "redis connect");
-    redisReply *r = redisCommand(c, "LLEN %s", key);
-    long n = r && r->type == REDIS_REPLY_INTEGER ? (long)r->integer : -1;
-    freeReplyObject(r);
-    redisFree(c);
-    return n;
-}
-
 /* The server may still be reading what a client wrote just before it died:
  * give it a moment to reach N (a lost write never does). */
 static long redis_llen_settled(const char *key, long want)

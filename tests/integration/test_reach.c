@@ -17,11 +17,6 @@ LC_TEST_MAIN
 
 #define CLIENT build_path("tests/clients/reach_client")
 
-static int died_by(int status, int sig)
-{
-    return status != -1 && WIFSIGNALED(status) && WTERMSIG(status) == sig;
-}
-
 static int exited0(int status)
 {
     return status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0;

@@ -17,11 +17,6 @@ LC_TEST_MAIN
 
 #define CLIENT build_path("tests/clients/lc_client")
 
-static int died_by(int status, int sig)
-{
-    return status != -1 && WIFSIGNALED(status) && WTERMSIG(status) == sig;
-}
-
 static void terminate_app(const char *app)
 {
     char sql[256];
@@ -30,21 +25,6 @@ static void terminate_app(const char *app)
              "WHERE application_name = '%s'", app);
     pg_scalar(sql);
     pg_wait_backends_gone(app, 5000);
-}
-
-static int wait_active_query(const char *app, int timeout_ms)
-{
-    char sql[256];
-    snprintf(sql, sizeof sql,
-             "SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s' "
-             "AND state = 'active'", app);
-    int64_t until = now_us() + (int64_t)timeout_ms * 1000;
-    while (now_us() < until) {
-        if (pg_scalar(sql) > 0)
-            return 0;
-        sleep_ms(20);
-    }
-    return -1;
 }
 
 Test(signal_drain, psql_long_query_is_cancelled_and_psql_dies_by_sigterm)

@@ -23,11 +23,6 @@ LC_TEST_MAIN
 #define CLIENT build_path("tests/clients/states_client")
 #define DEADLINE_MS 2000
 
-static int died_by(int status, int sig)
-{
-    return status != -1 && WIFSIGNALED(status) && WTERMSIG(status) == sig;
-}
-
 static void pg_exec_ok(const char *sql)
 {
     PGconn *c = PQconnectdb("application_name=lastcall_test_admin");
@@ -37,17 +32,6 @@ static void pg_exec_ok(const char *sql)
     cr_assert(st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK, "%s: %s", sql, PQerrorMessage(c));
     PQclear(r);
     PQfinish(c);
-}
-
-static long redis_llen(const char *key)
-{
-    redisContext *c = redisConnectUnix(getenv("LC_TEST_REDIS_SOCK"));
-    cr_assert(c && !c->err, "redis connect");
-    redisReply *r = redisCommand(c, "LLEN %s", key);
-    long n = r && r->type == REDIS_REPLY_INTEGER ? (long)r->integer : -1;
-    freeReplyObject(r);
-    redisFree(c);
-    return n;
 }
 
 /* Protocol errors and abrupt ends, as the server logs them for APP. */

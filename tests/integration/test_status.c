@@ -393,16 +393,6 @@ Test(status, the_signal_is_not_taken_from_the_program)
 }
 
 /* unshare --fork has one child: the namespace's PID 1, seen from here. */
-static pid_t pid1_of(pid_t unshare_pid)
-{
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/task/%d/children", (int)unshare_pid, (int)unshare_pid);
-    char *list = slurp(path);
-    pid_t child = list ? (pid_t)atoi(list) : -1;
-    free(list);
-    return child;
-}
-
 /* As PID 1 of a PID namespace (a container's entrypoint): a stray status
  * signal under the default disposition is dropped by the kernel, with or
  * without lastcall; asked from outside the namespace, it answers. */

@@ -27,11 +27,6 @@ static int64_t mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static int died_by(int status, int sig)
-{
-    return status != -1 && WIFSIGNALED(status) && WTERMSIG(status) == sig;
-}
-
 /* Requests the client answered at or after T0 (monotonic ms), and the time of
  * the last one. */
 static int answered_after(const struct proc *p, int64_t t0, int64_t *last)
@@ -175,21 +170,6 @@ Test(stop_delay, the_programs_own_handler_runs_only_after_the_delay)
     cr_assert_not_null(strstr(p.err, "\"cut_short\":false"), "%s", p.err);
 }
 
-static int wait_active_query(const char *app, int timeout_ms)
-{
-    char sql[256];
-    snprintf(sql, sizeof sql,
-             "SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s' "
-             "AND state = 'active'", app);
-    int64_t until = now_us() + (int64_t)timeout_ms * 1000;
-    while (now_us() < until) {
-        if (pg_scalar(sql) > 0)
-            return 0;
-        sleep_ms(20);
-    }
-    return -1;
-}
-
 /* With a 1 s delay and a 500 ms grace, a query in flight is cancelled 1.5 s
  * after the signal: the grace (and the deadline) start when the delay ends. */
 Test(stop_delay, the_deadline_counts_from_the_end_of_the_delay)
@@ -217,19 +197,6 @@ Test(stop_delay, the_deadline_counts_from_the_end_of_the_delay)
 }
 
 /* unshare --fork has one child: the namespace's PID 1, seen from here. */
-static pid_t pid1_of(pid_t unshare_pid)
-{
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/task/%d/children", (int)unshare_pid, (int)unshare_pid);
-    FILE *f = fopen(path, "r");
-    int child = -1;
-    if (f == NULL || fscanf(f, "%d", &child) != 1)
-        child = -1;
-    if (f)
-        fclose(f);
-    return child;
-}
-
 /* As PID 1 the kernel drops a signal whose disposition is the default: the
  * delay's timer must still reach lastcall's handler, and the end is the
  * status a container runtime expects, 128+15. */
