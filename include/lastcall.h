@@ -25,9 +25,17 @@ struct lastcall_stats {
     unsigned long redis_closed;   /* freed by the program (redisFree and friends) */
     unsigned long redis_live;
     unsigned long drained;        /* handles closed by lastcall's drain */
+    /* Since 0.2: MySQL/MariaDB (libmariadb, libmysqlclient) handles, from
+     * mysql_init or a connect call to mysql_close. */
+    unsigned long mysql_opened;
+    unsigned long mysql_failed;   /* ... never connected, or the last connect failed */
+    unsigned long mysql_closed;   /* freed by the program (mysql_close) */
+    unsigned long mysql_live;
 };
 
-/* Fills *out; returns 0, or -1 when size is smaller than the struct. */
+/* Fills the first SIZE bytes of *out (pass sizeof *out; a caller built
+ * against an older header gets the fields it knows); returns 0, or -1 when
+ * SIZE is smaller than the first version of the struct. */
 int lastcall_get_stats(struct lastcall_stats *out, unsigned long size);
 
 /* "0.1.0" */

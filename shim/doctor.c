@@ -56,6 +56,7 @@ struct elf_facts {
     char needed[32][128]; /* DT_NEEDED */
     int n_needed;
     int dlopens;          /* imports dlopen or dlmopen: may load libraries at run time */
+    int defines_mysql;    /* defines mysql_real_connect: its own copy of the MySQL client */
 };
 
 static const void *at(const unsigned char *base, size_t size, size_t off, size_t len)
@@ -120,10 +121,15 @@ static void read_elf(const char *path, struct elf_facts *f)
         const char *str = at(m, size, strsh->sh_offset, strsh->sh_size);
         size_t n = syms && str ? sh[i].sh_size / sizeof *syms : 0;
         for (size_t k = 0; k < n; k++) {
-            if (syms[k].st_shndx != SHN_UNDEF || syms[k].st_name >= strsh->sh_size)
+            if (syms[k].st_name >= strsh->sh_size)
                 continue;
             const char *nm = str + syms[k].st_name;
             size_t room = strsh->sh_size - syms[k].st_name;
+            if (syms[k].st_shndx != SHN_UNDEF) {
+                if (strncmp(nm, "mysql_real_connect", room) == 0)
+                    f->defines_mysql = 1;
+                continue;
+            }
             if (strncmp(nm, "dlopen", room) == 0 || strncmp(nm, "dlmopen", room) == 0)
                 f->dlopens = 1;
         }
@@ -161,10 +167,47 @@ static int has_prefix_lib(const char *name, const char *prefix)
     return strncmp(base, prefix, strlen(prefix)) == 0;
 }
 
+/* The client libraries lastcall interposes, by file name: libpq, hiredis,
+ * the MySQL client (MariaDB Connector/C, Oracle's libmysqlclient). */
+enum { LIB_PQ, LIB_HIREDIS, LIB_MYSQL, N_LIBS };
+static const char *const lib_prefixes[][3] = {
+    [LIB_PQ] = {"libpq.so", NULL, NULL},
+    [LIB_HIREDIS] = {"libhiredis.so", NULL, NULL},
+    [LIB_MYSQL] = {"libmariadb.so", "libmysqlclient.so", "libperconaserverclient.so"},
+};
+static const char *const lib_words[] = {"libpq", "hiredis", "libmariadb"};
+
+static int which_lib(const char *name)
+{
+    for (int l = 0; l < N_LIBS; l++)
+        for (int i = 0; i < 3 && lib_prefixes[l][i]; i++)
+            if (has_prefix_lib(name, lib_prefixes[l][i]))
+                return l;
+    return -1;
+}
+
+/* "libpq", "libpq and hiredis", "libpq, hiredis and libmariadb"; for
+ * libmysqlclient its own name. */
+static void join_libs(const int *found, const char *mysql_name, char *out, size_t size)
+{
+    int n = 0, total = 0;
+    for (int l = 0; l < N_LIBS; l++)
+        total += found[l] != 0;
+    out[0] = '\0';
+    for (int l = 0; l < N_LIBS; l++) {
+        if (!found[l])
+            continue;
+        const char *w = l == LIB_MYSQL && mysql_name ? mysql_name : lib_words[l];
+        size_t len = strlen(out);
+        snprintf(out + len, size - len, "%s%s", n == 0 ? "" : n == total - 1 ? " and " : ", ", w);
+        n++;
+    }
+}
+
 /* Every library the dynamic loader would load, through `ld.so --list` (the
  * loader only resolves; the program does not run). */
-static void transitive_libs(const char *interp, const char *path, int *pq, int *hiredis,
-                            char *via, size_t via_size)
+static void transitive_libs(const char *interp, const char *path, int *found, char *via,
+                            size_t via_size)
 {
     char cmd[PATH_MAX * 2 + 64];
     char q[PATH_MAX + 8];
@@ -189,12 +232,9 @@ static void transitive_libs(const char *interp, const char *path, int *pq, int *
     while (fgets(line, sizeof line, f)) {
         char *name = line + strspn(line, " \t");
         name[strcspn(name, " \t\n")] = '\0';
-        if (has_prefix_lib(name, "libpq.so") && !*pq) {
-            *pq = 1;
-            snprintf(via + strlen(via), via_size - strlen(via), "%s%s", *via ? ", " : "", name);
-        }
-        if (has_prefix_lib(name, "libhiredis.so") && !*hiredis) {
-            *hiredis = 1;
+        int l = which_lib(name);
+        if (l >= 0 && !found[l]) {
+            found[l] = 1;
             snprintf(via + strlen(via), via_size - strlen(via), "%s%s", *via ? ", " : "", name);
         }
     }
@@ -271,7 +311,8 @@ static int module_libpq(const char *dir, const char *prefix, char *how, size_t s
 
 static const char python_probe[] =
     "-c 'import importlib.util as u\n"
-    "for m in (\"psycopg2\", \"psycopg\", \"psycopg_c\", \"psycopg_binary\", \"redis\"):\n"
+    "for m in (\"psycopg2\", \"psycopg\", \"psycopg_c\", \"psycopg_binary\", \"redis\",\n"
+    "          \"MySQLdb\", \"pymysql\", \"mysql.connector\"):\n"
     "    try:\n"
     "        s = u.find_spec(m)\n"
     "    except Exception:\n"
@@ -339,8 +380,24 @@ static void python_drivers(const char *interp, FILE *out)
         fprintf(out, "    driver redis (redis-py): no, it speaks the Redis protocol in Python "
                      "(hiredis-py, if installed, only parses replies)\n");
     }
+    if (probe_dir(text, "MySQLdb", dir, sizeof dir)) {
+        any = 1;
+        fprintf(out, "    driver MySQLdb (mysqlclient): yes, an extension module linked to "
+                     "libmariadb, loaded in a local scope (tested: mysql/"
+                     "python_mysqldb_sigterm_mid_transaction)\n");
+    }
+    if (probe_dir(text, "pymysql", dir, sizeof dir)) {
+        any = 1;
+        fprintf(out, "    driver PyMySQL: no, it speaks the MySQL protocol in Python\n");
+    }
+    if (probe_dir(text, "mysql.connector", dir, sizeof dir)) {
+        any = 1;
+        fprintf(out, "    driver mysql.connector: no, Oracle's Connector/Python speaks the "
+                     "protocol itself (its C extension bundles its own client library)\n");
+    }
     if (!any)
-        fprintf(out, "    no PostgreSQL or Redis driver found (psycopg2, psycopg, redis)\n");
+        fprintf(out, "    no PostgreSQL, Redis or MySQL driver found (psycopg2, psycopg, redis, "
+                     "MySQLdb)\n");
 }
 
 static void php_drivers(const char *interp, FILE *out)
@@ -364,8 +421,18 @@ static void php_drivers(const char *interp, FILE *out)
         any = 1;
         fprintf(out, "    driver redis (phpredis): no, it speaks the Redis protocol itself\n");
     }
+    const char *my_exts[] = {"mysqli", "pdo_mysql"};
+    for (int i = 0; i < 2; i++) {
+        char word[32];
+        snprintf(word, sizeof word, "\n%s\n", my_exts[i]);
+        if (strstr(text, word) == NULL)
+            continue;
+        any = 1;
+        fprintf(out, "    driver %s: no, it uses mysqlnd, PHP's own implementation of the MySQL "
+                     "protocol, not a client library lastcall can interpose\n", my_exts[i]);
+    }
     if (!any)
-        fprintf(out, "    no pgsql, pdo_pgsql or redis extension is loaded\n");
+        fprintf(out, "    no pgsql, pdo_pgsql, redis, mysqli or pdo_mysql extension is loaded\n");
 }
 
 /* Returns 1 if BASE names an interpreter we know (drivers printed). */
@@ -386,10 +453,13 @@ static int interpreter_drivers(const char *path, const char *base, FILE *out)
     const char *untested = NULL;
     if (strncmp(base, "perl", 4) == 0)
         untested = "Perl: DBD::Pg and Redis::hiredis link libpq/hiredis from an XS module, the "
-                   "path of psycopg2; not tested here";
+                   "path of psycopg2 (not tested here); DBD::MariaDB and DBD::mysql link "
+                   "libmariadb the same way (tested: mysql/"
+                   "perl_dbd_mariadb_sigterm_mid_transaction)";
     else if (strncmp(base, "ruby", 4) == 0)
-        untested = "Ruby: the pg and hiredis gems link libpq/hiredis from an extension, the path "
-                   "of psycopg2; Ruby's FFI uses dlsym, the path of psycopg 3; not tested here";
+        untested = "Ruby: the pg, hiredis and mysql2 gems link libpq/hiredis/libmariadb from an "
+                   "extension, the path of psycopg2; Ruby's FFI uses dlsym, the path of psycopg "
+                   "3; not tested here";
     else if (strcmp(base, "node") == 0 || strcmp(base, "nodejs") == 0)
         untested = "Node.js: pg-native links libpq from an addon; the pure-JS pg and redis "
                    "clients are not seen; not tested here";
@@ -523,35 +593,45 @@ static int analyse(const char *path, FILE *out, int depth)
         fprintf(out, "  no: %s is statically linked: LD_PRELOAD has no effect on it\n", path);
         return DOCTOR_NO;
     }
-    int pq = 0, hiredis = 0;
-    for (int i = 0; i < e.n_needed; i++) {
-        if (has_prefix_lib(e.needed[i], "libpq.so"))
-            pq = 1;
-        if (has_prefix_lib(e.needed[i], "libhiredis.so"))
-            hiredis = 1;
+    if (e.defines_mysql) {
+        fprintf(out, "  no: %s defines mysql_real_connect itself: the MySQL client library is "
+                     "linked into it statically (as in Debian's mariadb and mysql clients), so "
+                     "its calls never reach a preloaded library\n", path);
+        return DOCTOR_NO;
     }
-    if (pq || hiredis) {
-        fprintf(out, "  yes: %s imports %s%s%s directly\n", path, pq ? "libpq" : "",
-                pq && hiredis ? " and " : "", hiredis ? "hiredis" : "");
+    int found[N_LIBS] = {0};
+    const char *mysql_name = NULL;
+    for (int i = 0; i < e.n_needed; i++) {
+        int l = which_lib(e.needed[i]);
+        if (l >= 0)
+            found[l] = 1;
+        if (l == LIB_MYSQL && has_prefix_lib(e.needed[i], "libmysqlclient.so"))
+            mysql_name = "libmysqlclient";
+    }
+    if (found[LIB_PQ] || found[LIB_HIREDIS] || found[LIB_MYSQL]) {
+        char libs[128];
+        join_libs(found, mysql_name, libs, sizeof libs);
+        fprintf(out, "  yes: %s imports %s directly\n", path, libs);
         return DOCTOR_YES;
     }
     char via[512] = "";
-    transitive_libs(e.interp, path, &pq, &hiredis, via, sizeof via);
-    if (pq || hiredis) {
+    transitive_libs(e.interp, path, found, via, sizeof via);
+    if (found[LIB_PQ] || found[LIB_HIREDIS] || found[LIB_MYSQL]) {
         fprintf(out, "  yes: %s loads %s through its libraries\n", path, via);
         return DOCTOR_YES;
     }
     if (interpreter_drivers(path, base, out))
         return DOCTOR_DEPENDS;
     if (e.dlopens) {
-        fprintf(out, "  depends: %s links neither libpq nor hiredis but loads libraries at run "
-                     "time (dlopen). lastcall sees libpq and hiredis loaded that way: in a local "
-                     "scope, with RTLD_DEEPBIND, as a bundled copy under another file name, and "
-                     "functions looked up with dlsym (tested: reach/*)\n", path);
+        fprintf(out, "  depends: %s links neither libpq nor hiredis nor a MySQL client library "
+                     "but loads libraries at run time (dlopen). lastcall sees libpq and hiredis "
+                     "loaded that way: in a local scope, with RTLD_DEEPBIND, as a bundled copy "
+                     "under another file name, and functions looked up with dlsym (tested: "
+                     "reach/*); libmariadb the same way, untested\n", path);
         return DOCTOR_DEPENDS;
     }
-    fprintf(out, "  no: %s links neither libpq nor hiredis and cannot load them at run time "
-                 "(it does not call dlopen)\n", path);
+    fprintf(out, "  no: %s links neither libpq nor hiredis nor a MySQL client library and "
+                 "cannot load them at run time (it does not call dlopen)\n", path);
     return DOCTOR_NO;
 }
 

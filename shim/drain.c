@@ -34,16 +34,16 @@ enum step {
 
 struct work {
     struct lc_entry *e;
-    const struct lc_kind_ops *ops;
+    const struct lc_kind *ops;
     int fd;
     int step;
     int cancelled;   /* a cancel request was sent for it */
     int scratch;     /* the settle operation's own state */
 };
 
-static const struct lc_kind_ops *ops_for(const struct lc_entry *e)
+static const struct lc_kind *ops_for(const struct lc_entry *e)
 {
-    return e->kind == LC_KIND_PQ ? &lc_pq_ops : &lc_redis_ops;
+    return lc_kind_of(e->kind);
 }
 
 static void sleep_ms(int ms)
@@ -145,7 +145,9 @@ static void *cancel_worker(void *arg)
         size_t i = __atomic_fetch_add(&job->next, 1, __ATOMIC_ACQ_REL);
         if (i >= job->count)
             break;
-        lc_pq_ops.cancel(job->entries[i]);
+        const struct lc_kind *k = ops_for(job->entries[i]);
+        if (k->cancel)
+            k->cancel(job->entries[i]);
         __atomic_add_fetch(&job->finished, 1, __ATOMIC_ACQ_REL);
     }
     job_release(job);
@@ -382,9 +384,9 @@ static void goodbye(struct work *w)
     if (w->ops->terminate)
         w->ops->terminate(w->e, w->fd);
     shutdown(w->fd, SHUT_WR);
-    if (server_sending)
+    if (server_sending || w->ops->goodbye_wait == LC_GOODBYE_EOF)
         w->step = STEP_AWAIT_EOF;
-    else if (w->e->kind == LC_KIND_PQ)
+    else if (w->ops->goodbye_wait == LC_GOODBYE_DONE)
         w->step = STEP_DONE;
     else if (is_unix_socket(w->fd))
         w->step = unsent_bytes(w->fd) > 0 ? STEP_AWAIT_CONSUMED : STEP_DONE;
@@ -500,10 +502,10 @@ static void close_loop(struct work *works, size_t n, int64_t flush_until, int64_
     free(idx);
 }
 
-static int postgresql_first(const void *a, const void *b)
+static int close_first_first(const void *a, const void *b)
 {
     const struct work *x = a, *y = b;
-    return (x->e->kind != LC_KIND_PQ) - (y->e->kind != LC_KIND_PQ);
+    return !x->ops->close_first - !y->ops->close_first;
 }
 
 void drain_close_late(void *handle)
@@ -533,7 +535,7 @@ static int64_t close_reserve(void)
 
 int drain_close_by_program(struct lc_entry *info, int keep_fd, int64_t until_ms)
 {
-    const struct lc_kind_ops *ops = ops_for(info);
+    const struct lc_kind *ops = ops_for(info);
     int fd = info->failed ? -1 : ops->socket_fd(info);
     if (fd < 0)
         return 0;
@@ -611,10 +613,10 @@ void drain_run(int mode, int64_t start_ms, struct lc_drain_result *result)
         works[i].fd = works[i].ops->socket_fd(entries[i]);
         works[i].step = works[i].fd >= 0 ? STEP_FLUSH : STEP_DONE;
     }
-    /* PostgreSQL first: each goodbye wakes a backend that then spends a
+    /* close_first kinds (PostgreSQL) first: each goodbye wakes a backend that then spends a
      * millisecond or so exiting; started early, those exits overlap our work
      * on the Redis connections instead of preempting it. */
-    qsort(works, n, sizeof *works, postgresql_first);
+    qsort(works, n, sizeof *works, close_first_first);
     phase_event("start", start_ms, n, "drain: %zu connection%s, deadline %lld ms, grace %lld ms",
                 n, n == 1 ? "" : "s", (long long)lc_cfg.deadline_ms, (long long)lc_cfg.grace_ms);
 
@@ -624,7 +626,8 @@ void drain_run(int mode, int64_t start_ms, struct lc_drain_result *result)
         sleep_ms(1);
     phase_event("grace", start_ms, busy, "drain: grace over, %zu still busy", busy);
 
-    /* Phase cancel: PostgreSQL gets a cancel request; Redis is cut. */
+    /* Phase cancel: a kind with a cancel (PostgreSQL, MySQL) gets a cancel
+     * request; the others (Redis) are cut. */
     struct cancel_job *job = NULL;
     if (busy > 0) {
         struct lc_entry **to_cancel = calloc(n, sizeof *to_cancel);

@@ -5,36 +5,8 @@
 
 #include <stdint.h>
 
+#include "kinds.h"
 #include "registry.h"
-
-/* What each kind of connection does at each phase. */
-struct lc_kind_ops {
-    const char *name;                       /* "PostgreSQL", "Redis" */
-    int (*socket_fd)(struct lc_entry *e);   /* the socket now, or -1 */
-    /* The server is working for a caller that is not inside the library (a
-     * query sent with the async API, a COPY TO STDOUT nobody reads).
-     * CANCELLED: a cancel request was sent; a COPY OUT then ends by itself. */
-    int (*server_busy)(struct lc_entry *e, int fd, int cancelled);
-    /* Ask the server to stop the running query. May block: runs on a helper
-     * thread, bounded by the deadline. NULL: cut instead (shutdown). */
-    void (*cancel)(struct lc_entry *e);
-    /* Write what the program buffered and end what must be ended before the
-     * goodbye (a COPY IN): LC_FLUSH_* below. Never blocks past UNTIL_MS. */
-    int (*flush)(struct lc_entry *e, int fd, int64_t until_ms);
-    /* Brings the session back to idle before the goodbye, so that a pooler
-     * in between (PgBouncer) sees a clean end and the server has nothing
-     * left to send: reads what a cancelled query, COPY or pipeline still
-     * sends, rolls back an open transaction. Never blocks past the deadline.
-     * SCRATCH is per-connection state, 0 at first. LC_SETTLE_*. May be NULL. */
-    int (*settle)(struct lc_entry *e, int fd, int *scratch, int64_t until_ms);
-    /* Say goodbye in the protocol (PostgreSQL Terminate). May be NULL. */
-    void (*terminate)(struct lc_entry *e, int fd);
-    /* The server may still send (a query's results, a cancelled query's
-     * error): closing then would make it log a broken pipe. May be NULL. */
-    int (*server_may_send)(struct lc_entry *e);
-    /* Idle inside a transaction (for status snapshots). May be NULL. */
-    int (*in_transaction)(struct lc_entry *e);
-};
 
 enum {
     LC_FLUSH_GIVE_UP = -1,   /* the connection is broken: cut it */
@@ -49,12 +21,9 @@ enum {
     LC_SETTLE_WAIT = 1,      /* waiting for the server (input) */
 };
 
-extern const struct lc_kind_ops lc_pq_ops;
-extern const struct lc_kind_ops lc_redis_ops;
-
 struct lc_drain_result {
-    unsigned long closed[2];     /* per kind */
-    unsigned long cancelled;     /* PostgreSQL queries cancelled */
+    unsigned long closed[LC_KIND_COUNT];
+    unsigned long cancelled;     /* queries cancelled (cancel requests sent) */
     unsigned long cut;           /* shut down while in use, or unfinished at the deadline */
     int64_t elapsed_ms;
 };

@@ -10,9 +10,12 @@
 #define LC_LIKELY(x) __builtin_expect(!!(x), 1)
 #define LC_UNLIKELY(x) __builtin_expect(!!(x), 0)
 
-enum lc_kind {
+/* The kinds of connection; each is described by its entry in the kind table
+ * (kinds.h: struct lc_kind, lc_kinds[]). The numbers are the registry's. */
+enum lc_kind_id {
     LC_KIND_PQ = 0,
     LC_KIND_REDIS = 1,
+    LC_KIND_MYSQL = 2,
     LC_KIND_COUNT
 };
 

@@ -14,9 +14,7 @@
 #include "lc.h"
 #include "log.h"
 #include "registry.h"
-#include "report.h"
 #include "runtime.h"
-#include "stacks.h"
 #include "symbols.h"
 
 #define PQ(name) REAL_IN(LC_LIB_PQ, name)
@@ -55,16 +53,8 @@ static void pq_track(PGconn *conn)
     int fd = PQ(PQsocket) ? PQ(PQsocket)(conn) : -1;
     char target[LC_TARGET_MAX];
     pq_describe(conn, target, sizeof target);
-    PGcancel *cancel = pq_prepare_cancel(conn);
-    struct lc_stack *stack = lc_cfg.stacks ? stack_capture(lc_cfg.stack_depth) : NULL;
-    if (registry_add(conn, LC_KIND_PQ, 0, failed, fd, target, cancel, stack) == NULL) {
-        pq_free_cancel(cancel);
-        return;
-    }
     int ssl = PQ(PQsslInUse) ? PQ(PQsslInUse)(conn) : 0;
-    runtime_log_open(LC_KIND_PQ, conn, target, failed, ssl);
-    runtime_on_connect(ssl);
-    report_check_threshold(LC_KIND_PQ);
+    lc_track_connect(LC_KIND_PQ, conn, 0, failed, fd, target, pq_prepare_cancel(conn), ssl);
 }
 
 /* PQreset and a finished PQconnectPoll: same PGconn, new backend, new key. */
@@ -99,27 +89,7 @@ static PGconn *pq_refused(void)
 }
 
 #define PQ_CONNECT_HOOK(name, params, args)                                                   \
-    LC_EXPORT PGconn *name params                                                              \
-    {                                                                                          \
-        PGconn *(*real) params = PQ_HOOKED(name);                                                     \
-        if (LC_UNLIKELY(real == NULL)) {                                                       \
-            errno = ENOSYS;                                                                    \
-            return NULL;                                                                       \
-        }                                                                                      \
-        if (lc_depth > 0 || !lc_active())                                                      \
-            return real args;                                                                  \
-        if (LC_UNLIKELY(__atomic_load_n(&lc_gate_closed, __ATOMIC_ACQUIRE)))                   \
-            return pq_refused();                                                               \
-        INFLIGHT_ENTER(LC_CONNECTING);                                                         \
-        lc_depth++;                                                                            \
-        PGconn *conn = real args;                                                              \
-        lc_depth--;                                                                            \
-        pq_track(conn);                                                                        \
-        if (LC_UNLIKELY(__atomic_load_n(&lc_gate_closed, __ATOMIC_ACQUIRE)))                   \
-            drain_close_late(conn);                                                            \
-        INFLIGHT_LEAVE(LC_CONNECTING);                                                         \
-        return conn;                                                                           \
-    }
+    LC_CONNECT_HOOK(PQ_HOOKED, PGconn *, name, params, args, pq_refused(), pq_track(h))
 
 PQ_CONNECT_HOOK(PQconnectdb, (const char *conninfo), (conninfo))
 PQ_CONNECT_HOOK(PQconnectdbParams,
@@ -534,8 +504,12 @@ static int pq_in_transaction(struct lc_entry *e)
     return st == PQTRANS_INTRANS || st == PQTRANS_INERROR;
 }
 
-const struct lc_kind_ops lc_pq_ops = {
+const struct lc_kind lc_pq_kind = {
     .name = "PostgreSQL",
+    .json = "postgresql",
+    .always_listed = 1,
+    .close_first = 1,
+    .goodbye_wait = LC_GOODBYE_DONE,
     .socket_fd = pq_socket_fd,
     .server_busy = pq_server_busy,
     .cancel = pq_cancel,
@@ -544,4 +518,5 @@ const struct lc_kind_ops lc_pq_ops = {
     .terminate = pq_terminate,
     .server_may_send = pq_server_may_send,
     .in_transaction = pq_in_transaction,
+    .free_cancel = pq_free_cancel,
 };

@@ -100,6 +100,8 @@ static void *own_hook(const char *name, enum lc_lib *lib)
         *lib = LC_LIB_PQ;
     else if (strncmp(name, "redis", 5) == 0)
         *lib = LC_LIB_HIREDIS;
+    else if (strncmp(name, "mysql_", 6) == 0)
+        *lib = LC_LIB_MYSQL;
     else
         return NULL;
     return __atomic_load_n(&self_ok, __ATOMIC_ACQUIRE) ? dso_lookup(&self, name) : NULL;
@@ -213,8 +215,8 @@ static void walk(const struct lc_dso *d)
 {
     if (self_ok && d->start == self.start)
         return;
-    /* libpq and hiredis call their own exports: those stay theirs. */
-    if (sym_dso_is(d, LC_LIB_PQ) || sym_dso_is(d, LC_LIB_HIREDIS))
+    /* libpq, hiredis and the MySQL client call their own exports: those stay theirs. */
+    if (sym_dso_is(d, LC_LIB_PQ) || sym_dso_is(d, LC_LIB_HIREDIS) || sym_dso_is(d, LC_LIB_MYSQL))
         return;
     int n = got_patch(d, decide, (void *)d);
     if (n > 0)

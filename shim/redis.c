@@ -17,9 +17,7 @@
 #include "lc.h"
 #include "log.h"
 #include "registry.h"
-#include "report.h"
 #include "runtime.h"
-#include "stacks.h"
 #include "symbols.h"
 
 #define RD(name) REAL_IN(LC_LIB_HIREDIS, name)
@@ -76,14 +74,8 @@ static void redis_track(void *ctx, int is_async, const char *target)
 {
     if (ctx == NULL)
         return;
-    int failed = redis_context_err(ctx) != 0;
-    int fd = redis_context_fd(ctx);
-    struct lc_stack *stack = lc_cfg.stacks ? stack_capture(lc_cfg.stack_depth) : NULL;
-    if (registry_add(ctx, LC_KIND_REDIS, is_async, failed, fd, target, NULL, stack) == NULL)
-        return;
-    runtime_log_open(LC_KIND_REDIS, ctx, target, failed, 0);
-    runtime_on_connect(0);
-    report_check_threshold(LC_KIND_REDIS);
+    lc_track_connect(LC_KIND_REDIS, ctx, is_async, redis_context_err(ctx) != 0,
+                     redis_context_fd(ctx), target, NULL, 0);
 }
 
 /* Plain copies, not snprintf: these run on every connect. */
@@ -175,29 +167,11 @@ static redisAsyncContext *redis_async_refused(void)
 
 #define REDIS_CONNECT_HOOK(...) REDIS_CONNECT_HOOK_(__VA_ARGS__)
 #define REDIS_CONNECT_HOOK_(type, is_async, refuse, name, params, args, describe)             \
-    LC_EXPORT type *name params                                                                \
-    {                                                                                          \
-        type *(*real) params = RD_HOOKED(name);                                                \
-        if (LC_UNLIKELY(real == NULL)) {                                                       \
-            errno = ENOSYS;                                                                    \
-            return NULL;                                                                       \
-        }                                                                                      \
-        if (lc_depth > 0 || !lc_active())                                                      \
-            return real args;                                                                  \
-        if (LC_UNLIKELY(__atomic_load_n(&lc_gate_closed, __ATOMIC_ACQUIRE)))                   \
-            return refuse();                                                                   \
-        INFLIGHT_ENTER(LC_CONNECTING);                                                         \
-        lc_depth++;                                                                            \
-        type *ctx = real args;                                                                 \
-        lc_depth--;                                                                            \
+    LC_CONNECT_HOOK(RD_HOOKED, type *, name, params, args, refuse(), {                         \
         char target[LC_TARGET_MAX];                                                            \
         describe;                                                                              \
-        redis_track(ctx, is_async, target);                                                    \
-        if (LC_UNLIKELY(__atomic_load_n(&lc_gate_closed, __ATOMIC_ACQUIRE)))                   \
-            drain_close_late(ctx);                                                             \
-        INFLIGHT_LEAVE(LC_CONNECTING);                                                         \
-        return ctx;                                                                            \
-    }
+        redis_track(h, is_async, target);                                                      \
+    })
 
 #define SYNC redisContext, 0, redis_refused
 #define ASYNC redisAsyncContext, 1, redis_async_refused
@@ -493,8 +467,11 @@ static int redis_flush(struct lc_entry *e, int fd, int64_t until_ms)
     return done ? LC_FLUSH_WROTE : LC_FLUSH_MORE;
 }
 
-const struct lc_kind_ops lc_redis_ops = {
+const struct lc_kind lc_redis_kind = {
     .name = "Redis",
+    .json = "redis",
+    .always_listed = 1,
+    .goodbye_wait = LC_GOODBYE_READ,
     .socket_fd = redis_socket_fd,
     .server_busy = NULL,
     .cancel = NULL,

@@ -163,6 +163,28 @@ void registry_update(void *handle, int failed, int fd, void *cancel, void **old_
     pthread_mutex_unlock(&registry_lock);
 }
 
+int registry_set_connected(void *handle, int failed, int fd, const char *target, void *cancel)
+{
+    pthread_mutex_lock(&registry_lock);
+    struct entry *e = NULL;
+    HASH_FIND_PTR(table, &handle, e);
+    int ok = e && e->pub.state == LC_ENTRY_OPEN;
+    if (ok) {
+        if (e->pub.failed && !failed)
+            counts.failed[e->pub.kind]--;
+        else if (!e->pub.failed && failed)
+            counts.failed[e->pub.kind]++;
+        e->pub.failed = failed;
+        e->pub.fd = fd;
+        e->pub.cancel = cancel;
+        size_t len = strnlen(target, LC_TARGET_MAX - 1);
+        memcpy(e->pub.target, target, len);
+        e->pub.target[len] = '\0';
+    }
+    pthread_mutex_unlock(&registry_lock);
+    return ok;
+}
+
 int registry_take(void *handle, int64_t wait_until_ms, struct lc_entry *info)
 {
     pthread_mutex_lock(&registry_lock);

@@ -22,7 +22,7 @@ enum lc_entry_state {
 
 struct lc_entry {
     void *handle;             /* key */
-    int kind;                 /* enum lc_kind */
+    int kind;                 /* enum lc_kind_id */
     int is_async;             /* redisAsyncContext */
     int failed;               /* the connect failed; the program must still free it */
     int state;                /* enum lc_entry_state */
@@ -54,6 +54,12 @@ struct lc_entry *registry_add(void *handle, int kind, int is_async, int failed, 
 /* Connect-path updates (PQreset, redisReconnect, PQconnectPoll finishing).
  * Returns the old cancel object for the caller to free, through *old_cancel. */
 void registry_update(void *handle, int failed, int fd, void *cancel, void **old_cancel);
+
+/* A handle tracked before its connect (registry_add with FAILED set:
+ * mysql_init) has been connected, or not (FAILED): the failed count follows,
+ * FD, TARGET and CANCEL are replaced. Returns 0 when HANDLE is not tracked
+ * (or is being drained). */
+int registry_set_connected(void *handle, int failed, int fd, const char *target, void *cancel);
 
 /* The program is about to free HANDLE: its entry leaves the registry (the
  * drain will not see it again). Waits first, bounded by wait_until_ms

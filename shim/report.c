@@ -19,12 +19,22 @@
 
 static const char *kind_name(int kind)
 {
-    return kind == LC_KIND_PQ ? "PostgreSQL" : "Redis";
+    return lc_kind_of(kind)->name;
 }
 
 static const char *kind_json(int kind)
 {
-    return kind == LC_KIND_PQ ? "postgresql" : "redis";
+    return lc_kind_of(kind)->json;
+}
+
+/* The kinds a report lists, in table order; returns how many. */
+static int listed_kinds(int *out)
+{
+    int n = 0;
+    for (int k = 0; k < LC_KIND_COUNT; k++)
+        if (lc_kind_listed(k))
+            out[n++] = k;
+    return n;
 }
 
 static void iso_time(int64_t ms, char *out, size_t size)
@@ -198,7 +208,9 @@ void report_write(void)
     registry_counts(&c);
     struct lc_entry *entries = NULL;
     size_t n = registry_snapshot(getpid(), -1, &entries);
-    unsigned long leaked[2] = {0, 0}, by_lastcall[2] = {0, 0}, failed_leaked[2] = {0, 0};
+    unsigned long leaked[LC_KIND_COUNT] = {0}, by_lastcall[LC_KIND_COUNT] = {0},
+                  failed_leaked[LC_KIND_COUNT] = {0};
+    int kinds[LC_KIND_COUNT], n_kinds = listed_kinds(kinds);
     for (size_t i = 0; i < n; i++) {
         if (entries[i].failed)
             failed_leaked[entries[i].kind]++;
@@ -238,12 +250,15 @@ void report_write(void)
                 (int)getpid());
         json_string(f, exe);
         fprintf(f, ",\n  \"totals\": {\n");
-        for (int k = 0; k < 2; k++)
+        for (int i = 0; i < n_kinds; i++) {
+            int k = kinds[i];
             fprintf(f,
                     "    \"%s\": {\"opened\": %lu, \"closed\": %lu, \"failed\": %lu, "
-                    "\"leaked\": %lu, \"failed_never_freed\": %lu, \"closed_by_lastcall\": %lu}%s\n",
+                    "\"leaked\": %lu, \"failed_never_freed\": %lu, "
+                    "\"closed_by_lastcall\": %lu}%s\n",
                     kind_json(k), c.opened[k], c.closed[k], c.failed[k], leaked[k],
-                    failed_leaked[k], by_lastcall[k], k == 0 ? "," : "");
+                    failed_leaked[k], by_lastcall[k], i + 1 < n_kinds ? "," : "");
+        }
         fprintf(f, "  },\n  \"leaks\": [");
         for (size_t i = 0; i < g; i++) {
             fprintf(f, "%s\n", i ? "," : "");
@@ -252,12 +267,14 @@ void report_write(void)
         fprintf(f, "%s]\n}\n", g ? "\n  " : "");
     } else {
         fprintf(f, "lastcall leak report: pid %d, %s\n\n", (int)getpid(), exe);
-        for (int k = 0; k < 2; k++)
+        for (int i = 0; i < n_kinds; i++) {
+            int k = kinds[i];
             fprintf(f,
                     "%-10s opened %lu, closed by the program %lu, failed connects %lu, "
                     "left open %lu (closed by lastcall %lu), failed and never freed %lu\n",
                     kind_name(k), c.opened[k], c.closed[k], c.failed[k], leaked[k],
                     by_lastcall[k], failed_leaked[k]);
+        }
         if (g == 0)
             fprintf(f, "\nNo leaks.\n");
         for (size_t i = 0; i < g; i++) {
@@ -299,7 +316,7 @@ static void log_top_stacks(const char *event, struct lc_entry *entries, size_t n
 
 void report_check_threshold(int kind)
 {
-    static int warned[2];
+    static int warned[LC_KIND_COUNT];
     if (lc_cfg.leak_threshold <= 0 || __atomic_load_n(&warned[kind], __ATOMIC_ACQUIRE))
         return;
     struct lc_registry_counts c;
@@ -361,10 +378,11 @@ void report_status(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     now_real = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-    unsigned long live[2] = {0}, busy[2] = {0}, idle[2] = {0}, in_tx[2] = {0}, failed[2] = {0};
+    unsigned long live[LC_KIND_COUNT] = {0}, busy[LC_KIND_COUNT] = {0}, idle[LC_KIND_COUNT] = {0},
+                  in_tx[LC_KIND_COUNT] = {0}, failed[LC_KIND_COUNT] = {0};
     void *inside[1024];
     size_t n_inside = inflight_snapshot(inside, 1024);
-    int64_t oldest[2] = {0, 0};
+    int64_t oldest[LC_KIND_COUNT] = {0};
     for (size_t i = 0; i < n; i++) {
         struct lc_entry *e = &entries[i];
         int k = e->kind;
@@ -398,7 +416,9 @@ void report_status(void)
             tl += (size_t)snprintf(targets + tl, sizeof targets - tl, "%s%s %zu",
                                    tl ? ", " : "", entries[i].target, count);
     }
-    for (int k = 0; k < 2; k++) {
+    int kinds[LC_KIND_COUNT], n_kinds = listed_kinds(kinds);
+    for (int i = 0; i < n_kinds; i++) {
+        int k = kinds[i];
         char fields[400];
         snprintf(fields, sizeof fields,
                  "\"kind\":\"%s\",\"live\":%lu,\"in_flight\":%lu,\"idle\":%lu,"

@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -120,7 +121,8 @@ static void atfork_child(void)
 /* Read under the registry lock (registry_set_transaction_probe). */
 static int entry_in_transaction(struct lc_entry *e)
 {
-    return e->kind == LC_KIND_PQ && lc_pq_ops.in_transaction && lc_pq_ops.in_transaction(e);
+    const struct lc_kind *k = lc_kind_of(e->kind);
+    return k->in_transaction && k->in_transaction(e);
 }
 
 static void do_init(void)
@@ -157,22 +159,48 @@ __attribute__((constructor)) static void lastcall_constructor(void)
     runtime_init();
 }
 
-/* "drained 12 PostgreSQL (1 query cancelled) and 3 Redis connections in 4 ms" */
+/* "drained 12 PostgreSQL (1 query cancelled) and 3 Redis connections in 4 ms",
+ * as it always read while only the always-listed kinds (kinds.h) drained;
+ * once another kind did, the kinds that drained any and the cancels last:
+ * "drained 2 Redis and 3 MySQL connections (1 query cancelled) in 4 ms". The
+ * JSON fields: every always-listed kind, and the others that drained any. */
 static void log_result(const char *why, const struct lc_drain_result *r)
 {
-    if (lc_log_level < LC_LOG_INFO || r->closed[LC_KIND_PQ] + r->closed[LC_KIND_REDIS] == 0)
+    unsigned long total = 0;
+    int others = 0;
+    for (int k = 0; k < LC_KIND_COUNT; k++) {
+        total += r->closed[k];
+        others |= !lc_kind_of(k)->always_listed && r->closed[k] > 0;
+    }
+    if (lc_log_level < LC_LOG_INFO || total == 0)
         return;
-    char fields[300];
-    snprintf(fields, sizeof fields,
-             "\"reason\":\"%s\",\"postgresql\":%lu,\"redis\":%lu,\"cancelled\":%lu,"
-             "\"cut\":%lu,\"ms\":%lld",
-             why, r->closed[LC_KIND_PQ], r->closed[LC_KIND_REDIS], r->cancelled, r->cut,
+    char fields[400], text[400], cancelled[64];
+    snprintf(cancelled, sizeof cancelled, " (%lu quer%s cancelled)", r->cancelled,
+             r->cancelled == 1 ? "y" : "ies");
+    int shown[LC_KIND_COUNT], n_shown = 0;
+    for (int k = 0; k < LC_KIND_COUNT; k++)
+        if (others ? r->closed[k] > 0 : lc_kind_of(k)->always_listed)
+            shown[n_shown++] = k;
+    size_t fl = (size_t)snprintf(fields, sizeof fields, "\"reason\":\"%s\"", why);
+    for (int k = 0; k < LC_KIND_COUNT && fl < sizeof fields; k++)
+        if (lc_kind_of(k)->always_listed || r->closed[k] > 0)
+            fl += (size_t)snprintf(fields + fl, sizeof fields - fl, ",\"%s\":%lu",
+                                   lc_kind_of(k)->json, r->closed[k]);
+    if (fl < sizeof fields)
+        snprintf(fields + fl, sizeof fields - fl, ",\"cancelled\":%lu,\"cut\":%lu,\"ms\":%lld",
+                 r->cancelled, r->cut, (long long)r->elapsed_ms);
+    size_t tl = 0;
+    text[0] = '\0';
+    for (int i = 0; i < n_shown && tl < sizeof text; i++) {
+        tl += (size_t)snprintf(text + tl, sizeof text - tl, "%s%lu %s",
+                               i == 0 ? "" : i == n_shown - 1 ? " and " : ", ",
+                               r->closed[shown[i]], lc_kind_of(shown[i])->name);
+        if (i == 0 && !others && tl < sizeof text)
+            tl += (size_t)snprintf(text + tl, sizeof text - tl, "%s", cancelled);
+    }
+    lc_event(LC_LOG_INFO, "drain_summary", fields, "%s: drained %s connections%s%s in %lld ms",
+             why, text, others ? cancelled : "", r->cut ? " (some cut)" : "",
              (long long)r->elapsed_ms);
-    lc_event(LC_LOG_INFO, "drain_summary", fields,
-             "%s: drained %lu PostgreSQL (%lu quer%s cancelled) and %lu Redis connections%s in "
-             "%lld ms",
-             why, r->closed[LC_KIND_PQ], r->cancelled, r->cancelled == 1 ? "y" : "ies",
-             r->closed[LC_KIND_REDIS], r->cut ? " (some cut)" : "", (long long)r->elapsed_ms);
 }
 
 static void *drain_thread_main(void *arg)
@@ -336,9 +364,9 @@ void runtime_log_open(int kind, const void *handle, const char *target, int fail
     char fields[400], esc[300] = "";
     lc_json_escape(esc, sizeof esc, target);
     snprintf(fields, sizeof fields, "\"kind\":\"%s\",\"handle\":\"%p\",\"target\":\"%s\"",
-             kind == LC_KIND_PQ ? "postgresql" : "redis", handle, esc);
+             lc_kind_of(kind)->json, handle, esc);
     lc_event(level, failed ? "connect_failed" : "open", fields, "%s %s %p to %s%s",
-             failed ? "failed connect:" : "open", kind == LC_KIND_PQ ? "PostgreSQL" : "Redis",
+             failed ? "failed connect:" : "open", lc_kind_of(kind)->name,
              handle, target, ssl ? " (SSL)" : "");
 }
 
@@ -350,9 +378,9 @@ void runtime_log_close(const struct lc_entry *info)
         return;
     char fields[200];
     snprintf(fields, sizeof fields, "\"kind\":\"%s\",\"handle\":\"%p\"",
-             info->kind == LC_KIND_PQ ? "postgresql" : "redis", info->handle);
+             lc_kind_of(info->kind)->json, info->handle);
     lc_event(LC_LOG_DEBUG, "close", fields, "close %s %p",
-             info->kind == LC_KIND_PQ ? "PostgreSQL" : "Redis", info->handle);
+             lc_kind_of(info->kind)->name, info->handle);
 }
 
 /* Shutdown has begun in this process: a managed signal arrived, or exit()
@@ -462,22 +490,30 @@ static void exit_drain(void)
 
 /* ---- public API ---- */
 
+/* Callers built against an older header pass the older, smaller size: they
+ * get the fields they know (fields are only ever added at the end). */
 LC_EXPORT int lastcall_get_stats(struct lastcall_stats *out, unsigned long size)
 {
-    if (out == NULL || size < sizeof *out)
+    if (out == NULL || size < offsetof(struct lastcall_stats, mysql_opened))
         return -1;
     struct lc_registry_counts c;
     registry_counts(&c);
-    memset(out, 0, sizeof *out);
-    out->pq_opened = c.opened[LC_KIND_PQ];
-    out->pq_failed = c.failed[LC_KIND_PQ];
-    out->pq_closed = c.closed[LC_KIND_PQ];
-    out->pq_live = c.live[LC_KIND_PQ];
-    out->redis_opened = c.opened[LC_KIND_REDIS];
-    out->redis_failed = c.failed[LC_KIND_REDIS];
-    out->redis_closed = c.closed[LC_KIND_REDIS];
-    out->redis_live = c.live[LC_KIND_REDIS];
-    out->drained = c.drained;
+    struct lastcall_stats s;
+    memset(&s, 0, sizeof s);
+    s.pq_opened = c.opened[LC_KIND_PQ];
+    s.pq_failed = c.failed[LC_KIND_PQ];
+    s.pq_closed = c.closed[LC_KIND_PQ];
+    s.pq_live = c.live[LC_KIND_PQ];
+    s.redis_opened = c.opened[LC_KIND_REDIS];
+    s.redis_failed = c.failed[LC_KIND_REDIS];
+    s.redis_closed = c.closed[LC_KIND_REDIS];
+    s.redis_live = c.live[LC_KIND_REDIS];
+    s.drained = c.drained;
+    s.mysql_opened = c.opened[LC_KIND_MYSQL];
+    s.mysql_failed = c.failed[LC_KIND_MYSQL];
+    s.mysql_closed = c.closed[LC_KIND_MYSQL];
+    s.mysql_live = c.live[LC_KIND_MYSQL];
+    memcpy(out, &s, size < sizeof s ? size : sizeof s);
     return 0;
 }
 

@@ -318,14 +318,28 @@ struct answer {
     int complete;
 };
 
+/* The library's kind table (kinds.h), as the launcher renders it: the first
+ * two are always shown, the others when the process holds one. */
+static const char *const kind_words[] = {"postgresql", "redis", "mysql"};
+static const char *const kind_titles[] = {"PostgreSQL", "Redis", "MySQL"};
+#define N_KINDS ((int)(sizeof kind_words / sizeof kind_words[0]))
+
 static const char *kind_word(int k)
 {
-    return k == 0 ? "postgresql" : "redis";
+    return kind_words[k];
 }
 
 static const char *kind_title(int k)
 {
-    return k == 0 ? "PostgreSQL" : "Redis";
+    return kind_titles[k];
+}
+
+static int kind_of_word(const char *w)
+{
+    for (int k = 0; k < N_KINDS; k++)
+        if (strcmp(w, kind_words[k]) == 0)
+            return k;
+    return 0;
 }
 
 static int split(char *line, char **f, int max)
@@ -373,7 +387,7 @@ static int parse(char *text, struct answer *a)
                 a->conns = c;
             }
             struct conn *c = &a->conns[a->n_conns++];
-            c->kind = strcmp(f[1], "redis") == 0;
+            c->kind = kind_of_word(f[1]);
             c->state = 1;
             for (int s = 0; s < N_STATES; s++)
                 if (strcmp(f[2], state_words[s]) == 0)
@@ -389,7 +403,7 @@ static int parse(char *text, struct answer *a)
                 a->groups = g;
             }
             struct group *g = &a->groups[a->n_groups++];
-            g->kind = strcmp(f[1], "redis") == 0;
+            g->kind = kind_of_word(f[1]);
             g->count = strtoul(f[2], NULL, 10);
             g->failed = atoi(f[3]);
             g->first_ms = atoll(f[4]);
@@ -449,7 +463,7 @@ static void text_tally(const struct tally *t, int kind)
         return;
     }
     printf(" (in flight %lu, idle %lu", t->by_state[0], t->by_state[1]);
-    if (kind == 0)
+    if (kind != 1) /* Redis has no transaction state to report */
         printf(", idle in transaction %lu", t->by_state[2]);
     printf(", failed %lu), oldest %.1f s\n", t->by_state[3], (double)t->oldest_ms / 1000.0);
 }
@@ -504,9 +518,11 @@ static void render_json(const struct answer *a, pid_t pid, int stacks)
     else
         printf("null");
     const char **targets = calloc(a->n_conns + 1, sizeof *targets);
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < N_KINDS; k++) {
         struct tally t;
         tally_of(a, k, NULL, &t);
+        if (k >= 2 && t.live == 0)
+            continue;
         printf(",\n  \"%s\": {", kind_word(k));
         json_tally(&t);
         printf(", \"targets\": [");
@@ -568,9 +584,11 @@ static void render_text(const struct answer *a, pid_t pid, int stacks)
         printf(" (%ld in its PID namespace)", a->pid);
     printf(", %s\n", a->program ? a->program : "?");
     const char **targets = calloc(a->n_conns + 1, sizeof *targets);
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < N_KINDS; k++) {
         struct tally t;
         tally_of(a, k, NULL, &t);
+        if (k >= 2 && t.live == 0)
+            continue;
         printf("%s: ", kind_title(k));
         text_tally(&t, k);
         size_t nt = targets ? targets_of(a, k, targets) : 0;

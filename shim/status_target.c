@@ -130,7 +130,7 @@ static void field(FILE *f, const char *s)
 
 static const char *kind_word(int kind)
 {
-    return kind == LC_KIND_PQ ? "postgresql" : "redis";
+    return lc_kind_of(kind)->json;
 }
 
 static void write_connections(FILE *f, struct lc_entry *entries, size_t n, int64_t now_real)
@@ -144,7 +144,7 @@ static void write_connections(FILE *f, struct lc_entry *entries, size_t n, int64
             state = "failed";
         else if (inflight_contains(inside, n_inside, e->handle))
             state = "in_flight";
-        else if (e->kind == LC_KIND_PQ && e->in_transaction)
+        else if (e->in_transaction)
             state = "idle_in_transaction";
         else
             state = "idle";

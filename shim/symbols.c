@@ -16,6 +16,7 @@ static const char *const lib_defines[LC_LIB_COUNT][2] = {
     [LC_LIB_HIREDIS] = {"redisConnect", "redisFree"},
     [LC_LIB_SSL] = {"SSL_write", "SSL_CTX_new"},
     [LC_LIB_HIREDIS_SSL] = {"redisInitiateSSL", "redisCreateSSLContext"},
+    [LC_LIB_MYSQL] = {"mysql_real_connect", "mysql_close"},
 };
 
 static void *lib_handles[LC_LIB_COUNT];

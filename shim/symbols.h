@@ -10,6 +10,7 @@ enum lc_lib {
     LC_LIB_HIREDIS,
     LC_LIB_SSL,
     LC_LIB_HIREDIS_SSL, /* hiredis 1.x's TLS library, beside libhiredis */
+    LC_LIB_MYSQL,       /* libmariadb (MariaDB Connector/C) or libmysqlclient */
     LC_LIB_COUNT,
     LC_LIB_LIBC = LC_LIB_COUNT
 };

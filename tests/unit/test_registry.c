@@ -27,6 +27,32 @@ Test(registry, add_and_free)
     cr_assert_eq(c.live[LC_KIND_REDIS], 1);
 }
 
+/* mysql_init tracks a handle before its connect: never connected counts as
+ * failed until a connect succeeds, and the failure count follows each attempt. */
+Test(registry, handle_tracked_before_its_connect)
+{
+    int m, secret, other;
+    cr_assert_not_null(registry_add(&m, LC_KIND_MYSQL, 0, 1, -1, "(never connected)", NULL, NULL));
+    struct lc_registry_counts c;
+    registry_counts(&c);
+    cr_assert_eq(c.opened[LC_KIND_MYSQL], 1);
+    cr_assert_eq(c.failed[LC_KIND_MYSQL], 1);
+    cr_assert_eq(registry_set_connected(&m, 1, -1, "db:3306/x", &secret), 1); /* failed again */
+    registry_counts(&c);
+    cr_assert_eq(c.failed[LC_KIND_MYSQL], 1);
+    cr_assert_eq(registry_set_connected(&m, 0, 9, "db:3306/x", &secret), 1);
+    registry_counts(&c);
+    cr_assert_eq(c.opened[LC_KIND_MYSQL], 1);
+    cr_assert_eq(c.failed[LC_KIND_MYSQL], 0);
+    cr_assert_eq(registry_set_connected(&other, 0, 9, "y", NULL), 0, "not tracked");
+    struct lc_entry info;
+    cr_assert_eq(registry_take(&m, 0, &info), 1);
+    cr_assert_eq(info.fd, 9);
+    cr_assert_eq(info.failed, 0);
+    cr_assert_eq(info.cancel, &secret);
+    cr_assert_str_eq(info.target, "db:3306/x");
+}
+
 Test(registry, freed_entries_are_reused_cleanly)
 {
     int a, b;
