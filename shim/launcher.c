@@ -116,8 +116,9 @@ static void usage(FILE *out)
             "       lastcall status [--stacks] [--json] PID\n"
             "\n"
             "Runs COMMAND with liblastcall.so preloaded: on SIGTERM/SIGINT or exit() its\n"
-            "PostgreSQL (libpq) and Redis (hiredis) connections are drained and closed\n"
-            "cleanly within a deadline, then it dies exactly as it would have.\n"
+            "PostgreSQL (libpq), Redis (hiredis) and MySQL/MariaDB (libmariadb,\n"
+            "libmysqlclient) connections are drained and closed cleanly within a deadline,\n"
+            "then it dies exactly as it would have.\n"
             "\n"
             "Options (each sets the environment variable shown):\n");
     for (const struct setting *s = settings; s->option; s++) {
