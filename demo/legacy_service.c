@@ -1,7 +1,8 @@
 /* A "legacy service" as found in the wild: worker threads on libpq and
- * hiredis, a long report query, transactions held open, Redis writes batched
- * in the output buffer, a connection leak, and no shutdown code at all.
- * lastcall's demo SIGTERMs it with and without lastcall. */
+ * hiredis (and libmariadb, where it was built with it), a long report query,
+ * transactions held open, Redis writes batched in the output buffer, a
+ * connection leak, and no shutdown code at all. lastcall's demo SIGTERMs it
+ * with and without lastcall. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <pthread.h>
@@ -12,6 +13,9 @@
 
 #include <hiredis/hiredis.h>
 #include <libpq-fe.h>
+#ifdef LC_DEMO_MYSQL
+#include <mysql.h>
+#endif
 
 static const char *audit_key;
 static int counter_fd = -1;
@@ -76,6 +80,29 @@ static void *audit_worker(void *arg)
     return NULL;
 }
 
+#ifdef LC_DEMO_MYSQL
+/* Stock kept in MariaDB, a transaction open most of the time. */
+static void *stock_worker(void *arg)
+{
+    (void)arg;
+    MYSQL *m = mysql_init(NULL);
+    if (m == NULL || mysql_real_connect(m, "localhost", getenv("LC_DEMO_MY_USER"),
+                                        getenv("LC_DEMO_MY_PASSWORD"), getenv("LC_DEMO_MY_DB"), 0,
+                                        getenv("LC_DEMO_MY_SOCK"), 0) == NULL) {
+        fprintf(stderr, "legacy_service: mariadb: %s\n", m ? mysql_error(m) : "out of memory");
+        exit(1);
+    }
+    for (;;) {
+        mysql_query(m, "START TRANSACTION");
+        mysql_query(m, "UPDATE t SET v = v + 1 WHERE id = 1");
+        usleep(300 * 1000); /* waiting on a warehouse API, transaction open */
+        mysql_query(m, "COMMIT");
+        usleep(20 * 1000);
+    }
+    return NULL;
+}
+#endif
+
 static PGconn *lookup(void)
 {
     PGconn *c = db();
@@ -110,6 +137,10 @@ int main(void)
     pthread_create(&t, NULL, order_worker, NULL);
     pthread_create(&t, NULL, audit_worker, NULL);
     pthread_create(&t, NULL, request_worker, NULL);
+#ifdef LC_DEMO_MYSQL
+    if (getenv("LC_DEMO_MY_SOCK"))
+        pthread_create(&t, NULL, stock_worker, NULL);
+#endif
     printf("legacy_service: running\n");
     fflush(stdout);
     for (;;)
