@@ -109,6 +109,18 @@ Test(bench, round_trips_and_pipelines)
     ratio("LASTCALL_DISABLE=1: PQexec round trip", "pq-roundtrip", 4000, disabled, 1.005);
 }
 
+/* MySQL/MariaDB, against a server of its own (skipped without mariadbd). */
+Test(bench, mysql_round_trips_and_connects)
+{
+    if (mariadb_start() != 0) {
+        figure("mysql_query SELECT 1 round trip", "no MariaDB server here", "<= 1.01", 0);
+        return;
+    }
+    ratio("mysql_query SELECT 1 round trip", "my-roundtrip", 4000, NULL, 1.01);
+    ratio("MySQL connect/close, stacks off", "my-connect", 200, NULL, 1.01);
+    mariadb_stop();
+}
+
 /* Instructions per pipelined command (callgrind: no drift), single-threaded
  * client, with and without lastcall. */
 static long callgrind_instructions_of(int preload, const char *const *env, const char *cmd,

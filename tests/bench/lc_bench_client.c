@@ -11,6 +11,21 @@
 
 #include <hiredis/hiredis.h>
 #include <libpq-fe.h>
+#ifdef LC_BENCH_MYSQL
+#include <mysql.h>
+
+static MYSQL *my(void)
+{
+    MYSQL *m = mysql_init(NULL);
+    if (m == NULL || mysql_real_connect(m, "localhost", getenv("LC_TEST_MY_USER"),
+                                        getenv("LC_TEST_MY_PASSWORD"), getenv("LC_TEST_MY_DB"), 0,
+                                        getenv("LC_TEST_MY_SOCK"), 0) == NULL) {
+        fprintf(stderr, "bench: mariadb: %s\n", m ? mysql_error(m) : "out of memory");
+        exit(99);
+    }
+    return m;
+}
+#endif
 
 static long long now_ns(void)
 {
@@ -118,6 +133,22 @@ int main(int argc, char **argv)
         for (long i = 0; i < n; i++)
             PQfinish(pg());
         t1 = now_ns();
+#ifdef LC_BENCH_MYSQL
+    } else if (strcmp(cmd, "my-roundtrip") == 0) {
+        MYSQL *m = my();
+        t0 = now_ns();
+        for (long i = 0; i < n; i++) {
+            mysql_query(m, "SELECT 1");
+            mysql_free_result(mysql_store_result(m));
+        }
+        t1 = now_ns();
+        mysql_close(m);
+    } else if (strcmp(cmd, "my-connect") == 0) {
+        t0 = now_ns();
+        for (long i = 0; i < n; i++)
+            mysql_close(my());
+        t1 = now_ns();
+#endif
     } else if (strcmp(cmd, "redis-connect") == 0) {
         t0 = now_ns();
         for (long i = 0; i < n; i++)

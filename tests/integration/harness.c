@@ -460,3 +460,46 @@ pid_t pid1_of(pid_t unshare_pid)
     return child;
 }
 
+static char mariadb_dir[512];
+
+int mariadb_start(void)
+{
+    const char *src = getenv("LASTCALL_SOURCE_ROOT");
+    if (src == NULL)
+        return -1;
+    snprintf(mariadb_dir, sizeof mariadb_dir, "/tmp/lastcall-mysql.XXXXXX");
+    if (mkdtemp(mariadb_dir) == NULL)
+        return -1;
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "%s/tests/harness/mariadb.sh start %s", src, mariadb_dir);
+    FILE *f = popen(cmd, "r");
+    char line[1024];
+    int n = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = '\0';
+        char *eq = strchr(line, '=');
+        if (!eq)
+            continue;
+        *eq = '\0';
+        setenv(line, eq + 1, 1);
+        n++;
+    }
+    if (f == NULL || pclose(f) != 0 || n == 0) {
+        rmdir(mariadb_dir);
+        mariadb_dir[0] = '\0';
+        return -1;
+    }
+    return 0;
+}
+
+void mariadb_stop(void)
+{
+    if (mariadb_dir[0] == '\0')
+        return;
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "%s/tests/harness/mariadb.sh stop %s",
+             getenv("LASTCALL_SOURCE_ROOT"), mariadb_dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "harness: stopping mariadbd failed\n");
+    mariadb_dir[0] = '\0';
+}

@@ -75,6 +75,12 @@ char *slurp(const char *path);
  * (LASTCALL_TEST_TIME_SLACK_MS). The normal and ASan builds assert the real bounds. */
 int slack_ms(void);
 
+/* A throwaway MariaDB (tests/harness/mariadb.sh) for the MySQL tests and
+ * benchmarks: exports its LC_TEST_MY_* settings. Returns 0, or -1 when none
+ * could be started (no mariadbd installed). */
+int mariadb_start(void);
+void mariadb_stop(void);
+
 /* The wait status says the process died by SIG. */
 int died_by(int status, int sig);
 /* Waits until APP has a query running (state 'active'); 0, or -1 at timeout. */

@@ -19,7 +19,6 @@
 #define CLIENT build_path("tests/clients/mysql_client")
 #define LAUNCHER build_path("shim/lastcall")
 
-static char server_dir[512];
 
 static MYSQL *admin(void)
 {
@@ -480,56 +479,18 @@ Test(mysql, leak_report_lists_mysql_in_text_and_json)
     free(r);
 }
 
-static void start_mariadb(void)
-{
-    const char *src = getenv("LASTCALL_SOURCE_ROOT");
-    if (src == NULL) {
-        fprintf(stderr, "test_mysql: LASTCALL_SOURCE_ROOT unset (run through meson test)\n");
-        exit(2);
-    }
-    snprintf(server_dir, sizeof server_dir, "/tmp/lastcall-mysql.XXXXXX");
-    if (mkdtemp(server_dir) == NULL) {
-        perror("mkdtemp");
-        exit(2);
-    }
-    char cmd[2048];
-    snprintf(cmd, sizeof cmd, "%s/tests/harness/mariadb.sh start %s", src, server_dir);
-    FILE *f = popen(cmd, "r");
-    char line[1024];
-    int n = 0;
-    while (f && fgets(line, sizeof line, f)) {
-        line[strcspn(line, "\n")] = '\0';
-        char *eq = strchr(line, '=');
-        if (!eq)
-            continue;
-        *eq = '\0';
-        setenv(line, eq + 1, 1);
-        n++;
-    }
-    if (f == NULL || pclose(f) != 0 || n == 0) {
-        fprintf(stderr, "test_mysql: mariadbd did not start\n");
-        exit(2);
-    }
-}
-
-static void stop_mariadb(void)
-{
-    char cmd[2048];
-    snprintf(cmd, sizeof cmd, "%s/tests/harness/mariadb.sh stop %s",
-             getenv("LASTCALL_SOURCE_ROOT"), server_dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "test_mysql: stopping mariadbd failed\n");
-}
-
 int main(int argc, char **argv)
 {
     struct criterion_test_set *tests = criterion_initialize();
     int result = 0;
     criterion_options.jobs = 1; /* the error log and the server are shared */
     if (criterion_handle_args(argc, argv, true)) {
-        start_mariadb();
+        if (mariadb_start() != 0) {
+            fprintf(stderr, "test_mysql: mariadbd did not start\n");
+            exit(2);
+        }
         result = !criterion_run_all_tests(tests);
-        stop_mariadb();
+        mariadb_stop();
     }
     criterion_finalize(tests);
     return result;
