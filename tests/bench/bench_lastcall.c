@@ -73,7 +73,7 @@ static void ratio(const char *name, const char *cmd, long n, const char *const *
     char value[160], g[32];
     snprintf(value, sizeof value, "%.2f us/op vs %.2f us/op: ratio %.3f", mw / 1000, mo / 1000,
              mw / mo);
-    snprintf(g, sizeof g, "<= %.3g", goal);
+    snprintf(g, sizeof g, "<= %.4g", goal);
     figure(name, value, g, mw / mo <= goal);
 }
 
