@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "helper_thread.h"
 #include "inflight.h"
 #include "log.h"
 #include "runtime.h"
@@ -173,22 +174,10 @@ static struct cancel_job *start_cancels(struct lc_entry **entries, size_t count,
     job->owned = owned;
     size_t threads = count < 16 ? count : 16;
     job->refs = (int)threads + 1;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&attr, 128 * 1024);
-    /* Helpers take none of the program's signals. */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
     size_t started = 0;
-    for (size_t t = 0; t < threads; t++) {
-        pthread_t tid;
-        if (pthread_create(&tid, &attr, cancel_worker, job) == 0)
+    for (size_t t = 0; t < threads; t++)
+        if (lc_helper_thread(cancel_worker, job, 128 * 1024) == 0)
             started++;
-    }
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    pthread_attr_destroy(&attr);
     __atomic_sub_fetch(&job->refs, (int)(threads - started), __ATOMIC_ACQ_REL);
     if (started == 0) {
         __atomic_add_fetch(&job->refs, 1, __ATOMIC_ACQ_REL);
@@ -290,17 +279,7 @@ static int watchdog_ready(void)
     pthread_condattr_destroy(&ca);
     for (int i = 0; i < BOUNDED_SLOTS; i++)
         bounded[i].fd = -1;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&attr, 64 * 1024);
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
-    pthread_t tid;
-    int ok = pthread_create(&tid, &attr, watchdog_main, NULL) == 0;
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    pthread_attr_destroy(&attr);
+    int ok = lc_helper_thread(watchdog_main, NULL, 64 * 1024) == 0;
     if (ok)
         bounded_pid = self;
     return ok;

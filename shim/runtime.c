@@ -14,6 +14,7 @@
 #include <sys/auxv.h>
 #include <unistd.h>
 
+#include "helper_thread.h"
 #include "../include/lastcall.h"
 #include "drain.h"
 #include "inflight.h"
@@ -269,18 +270,10 @@ static void start_drain_thread(void)
         wake_pipe[0] = wake_pipe[1] = -1;
         return;
     }
-    /* No signal of the program's may ever run on our thread. */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&attr, 256 * 1024);
-    pthread_t tid;
-    drain_thread_ok = pthread_create(&tid, &attr, drain_thread_main, NULL) == 0;
-    pthread_attr_destroy(&attr);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    int r = lc_helper_thread(drain_thread_main, NULL, 256 * 1024);
+    drain_thread_ok = r == 0;
+    if (r != 0)
+        errno = r;
     if (!drain_thread_ok)
         LC_WARN("cannot start the drain thread: %s; draining inline at exit only",
                 strerror(errno));

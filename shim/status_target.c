@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "helper_thread.h"
 #include "asfmt.h"
 #include "drain.h"
 #include "inflight.h"
@@ -260,17 +261,6 @@ void status_answer(uint64_t token)
     /* Symbolizing stacks runs addr2line (up to seconds): on a thread of its
      * own, so that a SIGTERM meanwhile is not kept waiting for the drain
      * thread. This process has threads already (the drain thread). */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&attr, 256 * 1024);
-    pthread_t tid;
-    int r = pthread_create(&tid, &attr, answer_thread, (void *)(uintptr_t)token);
-    pthread_attr_destroy(&attr);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (r != 0)
+    if (lc_helper_thread(answer_thread, (void *)(uintptr_t)token, 256 * 1024) != 0)
         answer_now(token);
 }
