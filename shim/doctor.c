@@ -204,17 +204,12 @@ static void join_libs(const int *found, const char *mysql_name, char *out, size_
     }
 }
 
-/* Every library the dynamic loader would load, through `ld.so --list` (the
- * loader only resolves; the program does not run). */
-static void transitive_libs(const char *interp, const char *path, int *found, char *via,
-                            size_t via_size)
+/* Quotes S for the shell: single quotes, embedded ones escaped. */
+static void shell_quote(const char *s, char *q, size_t size)
 {
-    char cmd[PATH_MAX * 2 + 64];
-    char q[PATH_MAX + 8];
-    /* Quote the path for the shell: single quotes, embedded ones escaped. */
     size_t o = 0;
     q[o++] = '\'';
-    for (const char *p = path; *p && o + 5 < sizeof q; p++) {
+    for (const char *p = s; *p && o + 6 < size; p++) {
         if (*p == '\'') {
             memcpy(q + o, "'\\''", 4);
             o += 4;
@@ -224,6 +219,16 @@ static void transitive_libs(const char *interp, const char *path, int *found, ch
     }
     q[o++] = '\'';
     q[o] = '\0';
+}
+
+/* Every library the dynamic loader would load, through `ld.so --list` (the
+ * loader only resolves; the program does not run). */
+static void transitive_libs(const char *interp, const char *path, int *found, char *via,
+                            size_t via_size)
+{
+    char cmd[PATH_MAX * 2 + 64];
+    char q[PATH_MAX + 8];
+    shell_quote(path, q, sizeof q);
     snprintf(cmd, sizeof cmd, "'%s' --list %s 2>/dev/null", interp, q);
     FILE *f = popen(cmd, "r");
     if (f == NULL)
@@ -244,22 +249,6 @@ static void transitive_libs(const char *interp, const char *path, int *found, ch
 /* ---- interpreters: which drivers are installed, and how each reaches
  * libpq or hiredis. "yes" only for the paths tests/integration proves
  * (the test named on each line). ---- */
-
-static void shell_quote(const char *s, char *q, size_t size)
-{
-    size_t o = 0;
-    q[o++] = '\'';
-    for (const char *p = s; *p && o + 6 < size; p++) {
-        if (*p == '\'') {
-            memcpy(q + o, "'\\''", 4);
-            o += 4;
-        } else {
-            q[o++] = *p;
-        }
-    }
-    q[o++] = '\'';
-    q[o] = '\0';
-}
 
 /* The output of INTERP running ARGS (already quoted), at most SIZE-1 bytes. */
 static void capture(const char *interp, const char *args, char *out, size_t size)

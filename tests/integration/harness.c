@@ -56,20 +56,13 @@ const char *shim_path(void)
 
 static char server_dir[512];
 
-static void start_servers(void)
+/* Runs SCRIPT (under tests/harness) with "start DIR" and exports the
+ * KEY=VALUE lines it prints. Returns 0, or -1 when it printed none or failed. */
+static int start_from_script(const char *script, const char *dir)
 {
-    const char *src = getenv("LASTCALL_SOURCE_ROOT");
-    if (src == NULL) {
-        fprintf(stderr, "harness: LASTCALL_SOURCE_ROOT unset (run through meson test)\n");
-        exit(2);
-    }
-    snprintf(server_dir, sizeof server_dir, "/tmp/lastcall-test.XXXXXX");
-    if (mkdtemp(server_dir) == NULL) {
-        perror("mkdtemp");
-        exit(2);
-    }
     char cmd[2048];
-    snprintf(cmd, sizeof cmd, "%s/tests/harness/servers.sh start %s", src, server_dir);
+    snprintf(cmd, sizeof cmd, "%s/tests/harness/%s start %s", getenv("LASTCALL_SOURCE_ROOT"),
+             script, dir);
     FILE *f = popen(cmd, "r");
     char line[1024];
     int n = 0;
@@ -82,7 +75,21 @@ static void start_servers(void)
         setenv(line, eq + 1, 1);
         n++;
     }
-    if (f == NULL || pclose(f) != 0 || n == 0) {
+    return f == NULL || pclose(f) != 0 || n == 0 ? -1 : 0;
+}
+
+static void start_servers(void)
+{
+    if (getenv("LASTCALL_SOURCE_ROOT") == NULL) {
+        fprintf(stderr, "harness: LASTCALL_SOURCE_ROOT unset (run through meson test)\n");
+        exit(2);
+    }
+    snprintf(server_dir, sizeof server_dir, "/tmp/lastcall-test.XXXXXX");
+    if (mkdtemp(server_dir) == NULL) {
+        perror("mkdtemp");
+        exit(2);
+    }
+    if (start_from_script("servers.sh", server_dir) != 0) {
         fprintf(stderr, "harness: servers did not start\n");
         exit(2);
     }
@@ -464,27 +471,12 @@ static char mariadb_dir[512];
 
 int mariadb_start(void)
 {
-    const char *src = getenv("LASTCALL_SOURCE_ROOT");
-    if (src == NULL)
+    if (getenv("LASTCALL_SOURCE_ROOT") == NULL)
         return -1;
     snprintf(mariadb_dir, sizeof mariadb_dir, "/tmp/lastcall-mysql.XXXXXX");
     if (mkdtemp(mariadb_dir) == NULL)
         return -1;
-    char cmd[2048];
-    snprintf(cmd, sizeof cmd, "%s/tests/harness/mariadb.sh start %s", src, mariadb_dir);
-    FILE *f = popen(cmd, "r");
-    char line[1024];
-    int n = 0;
-    while (f && fgets(line, sizeof line, f)) {
-        line[strcspn(line, "\n")] = '\0';
-        char *eq = strchr(line, '=');
-        if (!eq)
-            continue;
-        *eq = '\0';
-        setenv(line, eq + 1, 1);
-        n++;
-    }
-    if (f == NULL || pclose(f) != 0 || n == 0) {
+    if (start_from_script("mariadb.sh", mariadb_dir) != 0) {
         rmdir(mariadb_dir);
         mariadb_dir[0] = '\0';
         return -1;
@@ -502,4 +494,17 @@ void mariadb_stop(void)
     if (system(cmd) != 0)
         fprintf(stderr, "harness: stopping mariadbd failed\n");
     mariadb_dir[0] = '\0';
+}
+
+void skip_unless_pid_namespace(void)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root: unshare --pid --fork --mount-proc makes the PID namespace");
+    /* Root inside an unprivileged container may still lack CAP_SYS_ADMIN. */
+    const char *probe[] = {"unshare", "--pid", "--fork", "--mount-proc", "true", NULL};
+    struct run_opts o = {0};
+    struct proc p;
+    int s = run(&o, probe, &p, 10000);
+    if (!WIFEXITED(s) || WEXITSTATUS(s) != 0)
+        cr_skip_test("unshare --pid --fork --mount-proc is not permitted here: %s", p.err);
 }

@@ -87,6 +87,9 @@ int died_by(int status, int sig);
 int wait_active_query(const char *app, int timeout_ms);
 /* LLEN of KEY over the test's unix socket, or -1. */
 long redis_llen(const char *key);
+/* Skips the calling test unless this process may make a PID namespace
+ * (unshare --pid --fork --mount-proc: root, with CAP_SYS_ADMIN). */
+void skip_unless_pid_namespace(void);
 /* The PID 1 of the namespace `unshare --pid --fork` (pid UNSHARE_PID) made, or -1. */
 pid_t pid1_of(pid_t unshare_pid);
 

@@ -19,18 +19,9 @@ LC_TEST_MAIN
 
 static void need_root_and_inits(void)
 {
-    if (geteuid() != 0)
-        cr_skip_test("needs root: unshare --pid --fork --mount-proc makes the container's "
-                     "PID namespace");
     if (access("/usr/bin/tini", X_OK) != 0 || access("/usr/bin/dumb-init", X_OK) != 0)
         cr_skip_test("tini or dumb-init missing: tests/install-deps installs them");
-    /* Root inside an unprivileged container may still lack CAP_SYS_ADMIN. */
-    const char *probe[] = {"unshare", "--pid", "--fork", "--mount-proc", "true", NULL};
-    struct run_opts o = {0};
-    struct proc p;
-    int s = run(&o, probe, &p, 10000);
-    if (!WIFEXITED(s) || WEXITSTATUS(s) != 0)
-        cr_skip_test("unshare --pid --fork --mount-proc is not permitted here: %s", p.err);
+    skip_unless_pid_namespace();
 }
 
 /* unshare --fork has one child: the namespace's PID 1, seen from here. */

@@ -398,14 +398,7 @@ Test(status, the_signal_is_not_taken_from_the_program)
  * without lastcall; asked from outside the namespace, it answers. */
 Test(status, as_pid1_a_stray_signal_is_dropped_and_status_answers)
 {
-    if (geteuid() != 0)
-        cr_skip_test("needs root: unshare --pid --fork makes the PID namespace");
-    const char *probe[] = {"unshare", "--pid", "--fork", "--mount-proc", "true", NULL};
-    struct run_opts po = {0};
-    struct proc pp;
-    int ps = run(&po, probe, &pp, 10000);
-    if (!WIFEXITED(ps) || WEXITSTATUS(ps) != 0)
-        cr_skip_test("unshare --pid --fork --mount-proc is not permitted here: %s", pp.err);
+    skip_unless_pid_namespace();
     for (int preload = 0; preload < 2; preload++) {
         const char *argv[] = {"unshare", "--pid", "--fork", "--mount-proc", APP, "idle", NULL};
         struct run_opts o = {.preload = preload};

@@ -202,14 +202,7 @@ Test(stop_delay, the_deadline_counts_from_the_end_of_the_delay)
  * status a container runtime expects, 128+15. */
 Test(stop_delay, as_pid1_the_delay_holds_then_pid1_exits_143)
 {
-    if (geteuid() != 0)
-        cr_skip_test("needs root: unshare --pid --fork makes the PID namespace");
-    const char *probe[] = {"unshare", "--pid", "--fork", "--mount-proc", "true", NULL};
-    struct run_opts po = {0};
-    struct proc pp;
-    int ps = run(&po, probe, &pp, 10000);
-    if (!WIFEXITED(ps) || WEXITSTATUS(ps) != 0)
-        cr_skip_test("unshare --pid --fork --mount-proc is not permitted here: %s", pp.err);
+    skip_unless_pid_namespace();
 
     const char *argv[] = {"unshare", "--pid", "--fork", "--mount-proc", LAUNCHER,
                           "--stop-delay", "1s", "--log", "info", "--", CLIENT, "serve", NULL};
