@@ -9,5 +9,8 @@
 /* Starts FN(ARG) on such a thread with a STACK_SIZE-byte stack. Returns 0, or
  * pthread_create's error. */
 int lc_helper_thread(void *(*fn)(void *), void *arg, size_t stack_size);
+/* Set while this thread creates one of ours: our pthread_create hook then
+ * knows the thread is not the program's. */
+extern __thread int lc_creating_helper __attribute__((tls_model("initial-exec")));
 
 #endif

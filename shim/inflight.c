@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include "inflight.h"
+#include "helper_thread.h"
 
 #include <errno.h>
 #include <linux/membarrier.h>
@@ -177,6 +178,8 @@ LC_EXPORT int pthread_create(pthread_t *thread, const pthread_attr_t *attr,
             &cache, LC_LIB_LIBC, "pthread_create", (const void *)&pthread_create);
     if (real == NULL)
         return ENOSYS;
+    if (!lc_creating_helper)
+        runtime_on_program_thread();
     struct start *s = malloc(sizeof *s);
     if (s == NULL)
         return real(thread, attr, fn, arg); /* untracked, but the program goes on */

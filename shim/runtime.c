@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/auxv.h>
+#include <time.h>
+#include <sys/single_threaded.h>
 #include <unistd.h>
 
 #include "helper_thread.h"
@@ -22,6 +24,7 @@
 #include "log.h"
 #include "registry.h"
 #include "report.h"
+#include "safepoint.h"
 #include "signals.h"
 #include "status.h"
 
@@ -39,9 +42,13 @@ static pid_t runtime_pid;          /* process that owns the thread below */
 static int wake_pipe[2] = {-1, -1};
 static int done_pipe[2] = {-1, -1};
 static int drain_thread_ok;
+/* No drain thread until a drain needs it (safepoint.h): the process had no
+ * thread of its own at its first connect. */
+static int drain_thread_lazy;
 static int ssl_atexit_registered;  /* pid-independent: atexit lists survive fork */
 static int drain_requested;        /* set by whoever asks for a drain */
 static pid_t exit_drained_pid;
+static int has_forked;             /* a child may hold our sockets too */
 
 enum { REQ_EXIT = 0, REQ_STATUS = -1, REQ_REMOTE_STATUS = -2 }; /* > 0: a signal drain for that signal */
 
@@ -95,6 +102,7 @@ static void atfork_prepare(void)
 
 static void atfork_parent(void)
 {
+    __atomic_store_n(&has_forked, 1, __ATOMIC_RELAXED);
     inflight_atfork_parent();
     registry_atfork_parent();
     pthread_mutex_unlock(&runtime_lock);
@@ -114,6 +122,7 @@ static void atfork_child(void)
         wake_pipe[i] = done_pipe[i] = -1;
     }
     drain_thread_ok = 0;
+    drain_thread_lazy = 0;
     runtime_pid = 0;
     __atomic_store_n(&drain_requested, 0, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&runtime_lock); /* taken by this thread in atfork_prepare */
@@ -271,7 +280,7 @@ static void start_drain_thread(void)
         return;
     }
     int r = lc_helper_thread(drain_thread_main, NULL, 256 * 1024);
-    drain_thread_ok = r == 0;
+    __atomic_store_n(&drain_thread_ok, r == 0, __ATOMIC_RELEASE);
     if (r != 0)
         errno = r;
     if (!drain_thread_ok)
@@ -280,6 +289,47 @@ static void start_drain_thread(void)
 }
 
 static void exit_drain(void);
+
+/* Whether the drain thread can wait until a drain needs it. A thread makes
+ * glibc's malloc take locks and atomics on every call from then on (+132
+ * instructions per pipelined Redis command, issue 13), so a process with no
+ * thread of its own gets none before shutdown. The periodic leak-age check
+ * and LASTCALL_STATUS_SIGNAL's snapshots need it at once. Under TSan signal
+ * handlers run deferred, on a copy of the context, which cannot be diverted. */
+static int thread_can_wait(void)
+{
+#ifdef __SANITIZE_THREAD__
+    return 0;
+#else
+    return __libc_single_threaded && lc_cfg.leak_age_ms <= 0 &&
+           lc_cfg.status_signal <= 0;
+#endif
+}
+
+int runtime_drain_thread_is_lazy(void)
+{
+    return __atomic_load_n(&drain_thread_lazy, __ATOMIC_ACQUIRE) &&
+           !__atomic_load_n(&drain_thread_ok, __ATOMIC_ACQUIRE) &&
+           __atomic_load_n(&runtime_pid, __ATOMIC_ACQUIRE) == getpid();
+}
+
+int runtime_start_drain_thread(void)
+{
+    pthread_mutex_lock(&runtime_lock);
+    if (!drain_thread_ok && runtime_pid == registry_self_pid())
+        start_drain_thread();
+    int ok = drain_thread_ok;
+    pthread_mutex_unlock(&runtime_lock);
+    return ok ? 0 : -1;
+}
+
+void runtime_on_program_thread(void)
+{
+    /* From here on the process is multi-threaded anyway: the drain thread
+     * costs nothing more, and a drain then starts as it always did. */
+    if (runtime_drain_thread_is_lazy())
+        runtime_start_drain_thread();
+}
 
 void runtime_on_connect(int uses_ssl)
 {
@@ -290,7 +340,11 @@ void runtime_on_connect(int uses_ssl)
     pthread_mutex_lock(&runtime_lock);
     if (runtime_pid != self) {
         inflight_prepare_barrier();
-        start_drain_thread();
+        if (thread_can_wait() && safepoint_prepare()) {
+            __atomic_store_n(&drain_thread_lazy, 1, __ATOMIC_RELEASE);
+        } else {
+            start_drain_thread();
+        }
         /* Registered after the first connect, so it runs before _dl_fini and
          * before any exit cleanup registered by the libraries we watch. */
         atexit(exit_drain);
@@ -305,6 +359,11 @@ void runtime_on_connect(int uses_ssl)
     pthread_mutex_unlock(&runtime_lock);
 }
 
+int runtime_has_forked(void)
+{
+    return __atomic_load_n(&has_forked, __ATOMIC_RELAXED);
+}
+
 int runtime_drain_requested(void)
 {
     return __atomic_load_n(&drain_requested, __ATOMIC_ACQUIRE) &&
@@ -313,11 +372,12 @@ int runtime_drain_requested(void)
 
 /* Wakes this process's drain thread. Async-signal-safe: atomics,
  * clock_gettime, getpid, write. Returns 0, or -1 without a drain thread. */
-static int post_request(int sig)
+static int post_request_at(int sig, int64_t start_ms)
 {
-    if (!drain_thread_ok || runtime_pid != getpid() || wake_pipe[1] < 0)
+    if (!__atomic_load_n(&drain_thread_ok, __ATOMIC_ACQUIRE) || runtime_pid != getpid() ||
+        wake_pipe[1] < 0)
         return -1;
-    struct drain_request req = {.sig = sig, .start_ms = lc_now_ms()};
+    struct drain_request req = {.sig = sig, .start_ms = start_ms};
     if (sig != REQ_STATUS)
         __atomic_store_n(&drain_requested, 1, __ATOMIC_RELEASE);
     ssize_t w;
@@ -327,9 +387,19 @@ static int post_request(int sig)
     return w == (ssize_t)sizeof req ? 0 : -1;
 }
 
+static int post_request(int sig)
+{
+    return post_request_at(sig, lc_now_ms());
+}
+
 int runtime_request_signal_drain(int sig)
 {
     return post_request(sig);
+}
+
+int runtime_post_signal_drain(int sig, int64_t start_ms)
+{
+    return post_request_at(sig, start_ms);
 }
 
 void runtime_request_status(void)
@@ -339,7 +409,7 @@ void runtime_request_status(void)
 
 int runtime_request_remote_status(uint64_t token)
 {
-    if (!drain_thread_ok || runtime_pid != getpid() || wake_pipe[1] < 0)
+    if (!__atomic_load_n(&drain_thread_ok, __ATOMIC_ACQUIRE) || runtime_pid != getpid() || wake_pipe[1] < 0)
         return -1;
     struct drain_request req = {.sig = REQ_REMOTE_STATUS, .start_ms = (int64_t)token};
     ssize_t w;
@@ -435,7 +505,10 @@ void runtime_touch(void *handle)
 }
 
 /* atexit: may run in signal context (a program handler calling exit(), as
- * webdis does), so it only talks to the drain thread through pipes. */
+ * webdis does), so it only talks to the drain thread through pipes. A
+ * process without a drain thread (single-threaded, safepoint.h) drains on
+ * the exiting thread, unless exit() was called from a handler that
+ * interrupted libc, the loader or the allocator mid-change. */
 static void exit_drain(void)
 {
     if (!lc_active() || (registry_owned_live() == 0 && lc_cfg.report_path == NULL))
@@ -452,11 +525,31 @@ static void exit_drain(void)
     gate_set_exiting_thread();
     __atomic_store_n(&exit_started_pid, self, __ATOMIC_RELEASE);
     if (post_request(REQ_EXIT) != 0) {
+        if (!safepoint_exit_is_safe()) {
+            LC_INFO("exit() from a signal handler that interrupted libc: %lu connection%s "
+                    "left to the kernel's close", registry_owned_live(),
+                    registry_owned_live() == 1 ? "" : "s");
+            return;
+        }
+        /* A managed signal now ends the process at once, as during a drain
+         * on the drain thread. */
+        __atomic_store_n(&drain_requested, 1, __ATOMIC_RELEASE);
+        /* The drain thread blocks every signal: here a write to a socket the
+         * server closed must not raise SIGPIPE in the program either. */
+        sigset_t pipe_only, saved, pending;
+        sigemptyset(&pipe_only);
+        sigaddset(&pipe_only, SIGPIPE);
+        pthread_sigmask(SIG_BLOCK, &pipe_only, &saved);
+        int was_pending = sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1;
         struct lc_drain_result result;
         drain_run(LC_GATE_EXIT, lc_now_ms(), &result);
         log_result("exit", &result);
         gate_finish();
         report_write();
+        struct timespec none = {0, 0};
+        while (!was_pending && sigtimedwait(&pipe_only, NULL, &none) == SIGPIPE)
+            ;
+        pthread_sigmask(SIG_SETMASK, &saved, NULL);
         return;
     }
     /* Symbolizing a report may take a few seconds more (addr2line). */

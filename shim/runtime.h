@@ -48,6 +48,23 @@ int runtime_request_remote_status(uint64_t token);
 int runtime_free_tracked(void *handle, int (*do_free)(void *), struct lc_entry *info,
                          int *tracked);
 
+/* Has this process forked since lastcall loaded? A child may then hold a
+ * copy of any socket (hiredis's are not close-on-exec), so the kernel's close
+ * at our exit would not end the connection. Async-signal-safe. */
+int runtime_has_forked(void);
+
+/* Does this process start its drain thread only when a drain needs it
+ * (single-threaded so far, see safepoint.h)? Async-signal-safe. */
+int runtime_drain_thread_is_lazy(void);
+/* Starts this process's drain thread if it has none. Not from a signal
+ * handler. Returns 0 when the thread runs. */
+int runtime_start_drain_thread(void);
+/* Asks the drain thread for a signal drain of SIG whose deadline counts from
+ * START_MS. Async-signal-safe. Returns 0, or -1 without a drain thread. */
+int runtime_post_signal_drain(int sig, int64_t start_ms);
+/* The program is about to create a thread of its own. */
+void runtime_on_program_thread(void);
+
 /* Is a drain under way in this process? (async-signal-safe) */
 int runtime_drain_requested(void);
 /* From a signal handler: wake the drain thread. Returns 0, or -1 when this

@@ -11,6 +11,7 @@
 #include "lc.h"
 #include "registry.h"
 #include "runtime.h"
+#include "safepoint.h"
 #include "status.h"
 #include "stopdelay.h"
 
@@ -53,6 +54,20 @@ static int delay_state;
 static int delay_sig;
 static siginfo_t delay_info;
 static int64_t delay_start_ms;
+
+/* A signal drain in a process that has no drain thread yet (safepoint.h):
+ * the signal waits for a safe point to start it. */
+static int lazy_sig;
+static int64_t lazy_start_ms;
+static int lazy_inflight;       /* the diverted thread was inside a library call */
+static pid_t lazy_pid;          /* a fork child starts afresh */
+
+static int lazy_drain_pending(void)
+{
+    return __atomic_load_n(&lazy_sig, __ATOMIC_ACQUIRE) != 0 &&
+           __atomic_load_n(&lazy_pid, __ATOMIC_ACQUIRE) == getpid();
+}
+#define LAZY_RETRY_US 200
 
 int signals_shutdown_started(void)
 {
@@ -333,9 +348,54 @@ static enum delay_verdict stop_delay(int sig, siginfo_t **info)
     return DELAY_GO_ON;
 }
 
+static void park_until_death(void);
+
+/* Runs on the interrupted thread once the handler has returned, outside
+ * signal context, every signal blocked: the thread can be created here. */
+static void lazy_drain_landing(void)
+{
+    int sig = __atomic_load_n(&lazy_sig, __ATOMIC_ACQUIRE);
+    if (runtime_start_drain_thread() != 0 ||
+        runtime_post_signal_drain(sig, lazy_start_ms) != 0)
+        signals_die(sig); /* as without lastcall */
+    if (lazy_inflight)
+        return; /* the call goes on; its hook parks the thread when it returns */
+    park_until_death();
+}
+
+static void die_on_return(int sig);
+
+/* A drain waits for a safe point (LAZY_SIG set): divert this thread there, or
+ * try again shortly. A drain that found none by the deadline gives up: the
+ * process dies as it would have without lastcall. */
+static void lazy_drain_try(void *uctx, const siginfo_t *delivered)
+{
+    int sig = __atomic_load_n(&lazy_sig, __ATOMIC_ACQUIRE);
+    if (lc_now_ms() - lazy_start_ms >= lc_cfg.deadline_ms) {
+        die_on_return(sig);
+        return;
+    }
+    if (safepoint_is_safe(uctx, delivered)) {
+        int inflight = __atomic_load_n(&lc_inflight, __ATOMIC_ACQUIRE) != NULL;
+        if (safepoint_divert(uctx, lazy_drain_landing) == 0) {
+            lazy_inflight = inflight;
+            return;
+        }
+    }
+    if (safepoint_retry(sig, LAZY_RETRY_US) != 0)
+        die_on_return(sig);
+}
+
 static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
 {
     int saved_errno = errno;
+    const siginfo_t *delivered = info; /* the stop delay may swap INFO */
+    if (safepoint_is_retry(info)) {
+        if (lazy_drain_pending() && !runtime_drain_requested())
+            lazy_drain_try(uctx, delivered);
+        errno = saved_errno;
+        return;
+    }
     if (lc_cfg.stop_delay_ms > 0 && sig != status_sig && sig != remote_sig &&
         stop_delay(sig, &info) == DELAY_HELD) {
         errno = saved_errno;
@@ -373,7 +433,7 @@ static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
         return;
     }
     __atomic_store_n(&shutdown_pid, getpid(), __ATOMIC_RELEASE);
-    if (runtime_drain_requested()) {
+    if (runtime_drain_requested() || lazy_drain_pending()) {
         /* Second signal during a drain: the user means it. */
         die_on_return(sig);
         errno = saved_errno;
@@ -392,8 +452,24 @@ static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
         break;
     }
     /* SIG_DFL: drain, then die by this signal. */
-    if (!lc_active() || registry_owned_live() == 0 || runtime_request_signal_drain(sig) != 0) {
+    if (!lc_active() || registry_owned_live() == 0) {
         die_on_return(sig);
+        errno = saved_errno;
+        return;
+    }
+    if (runtime_request_signal_drain(sig) != 0) {
+        if (__atomic_load_n(&lazy_pid, __ATOMIC_ACQUIRE) != getpid())
+            __atomic_store_n(&lazy_sig, 0, __ATOMIC_RELEASE); /* a fork child's own drain */
+        int none = 0;
+        if (runtime_drain_thread_is_lazy() &&
+            __atomic_compare_exchange_n(&lazy_sig, &none, sig, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE)) {
+            lazy_start_ms = lc_now_ms();
+            __atomic_store_n(&lazy_pid, getpid(), __ATOMIC_RELEASE);
+            lazy_drain_try(uctx, delivered);
+        } else {
+            die_on_return(sig);
+        }
         errno = saved_errno;
         return;
     }

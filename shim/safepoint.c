@@ -1,0 +1,335 @@
+#define _GNU_SOURCE
+#include "safepoint.h"
+
+#include <errno.h>
+#include <stddef.h>
+#include <gnu/libc-version.h>
+#include <link.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#if defined(__x86_64__) && defined(__linux__)
+
+extern int __sigaction(int sig, const struct sigaction *act, struct sigaction *oldact);
+extern void *__libc_stack_end;
+
+/* Executable segments of the objects whose code may leave libc's, the
+ * loader's or the allocator's state half-changed when interrupted. */
+#define MAX_RANGES 24
+struct code_range {
+    uintptr_t lo, hi;
+    int libc; /* libc's own: safe inside an interrupted blocking system call */
+};
+static struct code_range ranges[MAX_RANGES];
+static int n_ranges;
+static int prepared;       /* 1: diversion possible, -1: not here */
+static int under_valgrind; /* its signal frames are its own: no diversion */
+static uintptr_t glibc_restorer; /* what glibc puts in every signal frame it arranges */
+
+
+struct wanted {
+    uintptr_t addr;
+    int libc;
+};
+
+static int object_holds(const struct dl_phdr_info *info, uintptr_t addr)
+{
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        uintptr_t lo = info->dlpi_addr + ph->p_vaddr;
+        if (ph->p_type == PT_LOAD && addr >= lo && addr < lo + ph->p_memsz)
+            return 1;
+    }
+    return 0;
+}
+
+static int collect(struct dl_phdr_info *info, size_t size, void *data)
+{
+    (void)size;
+    const struct wanted *w = data;
+    if (info->dlpi_name && strstr(info->dlpi_name, "vgpreload_"))
+        under_valgrind = 1;
+    int match = -1;
+    /* libc's own malloc follows libc's rule (only its blocking calls are safe). */
+    for (int k = 0; w[k].addr; k++)
+        if (object_holds(info, w[k].addr) && match != 1)
+            match = w[k].libc;
+    if (match < 0)
+        return 0;
+    for (int i = 0; i < info->dlpi_phnum && n_ranges < MAX_RANGES; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_X))
+            continue;
+        uintptr_t lo = info->dlpi_addr + ph->p_vaddr;
+        ranges[n_ranges++] = (struct code_range){lo, lo + ph->p_memsz, match};
+    }
+    return 0;
+}
+
+int safepoint_prepare(void)
+{
+    int state = __atomic_load_n(&prepared, __ATOMIC_ACQUIRE);
+    if (state)
+        return state > 0;
+    /* libc, the loader (its r_debug), whoever defines malloc (libc, a
+     * preloaded jemalloc, a sanitizer runtime) and lastcall itself. */
+    struct wanted w[] = {
+        {(uintptr_t)&gnu_get_libc_version, 1},
+        {(uintptr_t)&_r_debug, 0},
+        {(uintptr_t)&malloc, 0},
+        {(uintptr_t)&safepoint_prepare, 0},
+        {0, 0},
+    };
+    n_ranges = 0;
+    dl_iterate_phdr(collect, w);
+    for (int sig = 1; sig < NSIG && glibc_restorer == 0; sig++) {
+        struct sigaction k;
+        if (__sigaction(sig, NULL, &k) == 0 && (k.sa_flags & 0x04000000 /* SA_RESTORER */))
+            glibc_restorer = (uintptr_t)k.sa_restorer;
+    }
+    state = n_ranges > 0 && glibc_restorer != 0 && !under_valgrind ? 1 : -1;
+    __atomic_store_n(&prepared, state, __ATOMIC_RELEASE);
+    return state > 0;
+}
+
+/* The system calls a thread may sleep in while libc holds nothing that
+ * pthread_create or malloc need: reads, writes and waits. Not clone/fork
+ * (fork holds every malloc arena lock across it), not futex, not what malloc
+ * calls (mmap, munmap, brk, mprotect, madvise). */
+static int blocking_call(long nr)
+{
+    switch (nr) {
+    case SYS_read: case SYS_write: case SYS_pread64: case SYS_pwrite64: case SYS_readv:
+    case SYS_writev: case SYS_poll: case SYS_select: case SYS_pause: case SYS_nanosleep:
+    case SYS_connect: case SYS_accept: case SYS_sendto: case SYS_recvfrom: case SYS_sendmsg:
+    case SYS_recvmsg: case SYS_wait4: case SYS_msgsnd: case SYS_msgrcv: case SYS_flock:
+    case SYS_rt_sigtimedwait: case SYS_rt_sigsuspend: case SYS_clock_nanosleep:
+    case SYS_epoll_wait: case SYS_waitid: case SYS_pselect6: case SYS_ppoll:
+    case SYS_epoll_pwait: case SYS_accept4: case SYS_recvmmsg: case SYS_sendmmsg:
+    case SYS_restart_syscall:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* Quick calls that leave libc holding nothing once they return. */
+static int quick_call(long nr)
+{
+    switch (nr) {
+    case SYS_kill: case SYS_tkill: case SYS_tgkill: case SYS_rt_sigprocmask:
+    case SYS_rt_sigqueueinfo: case SYS_rt_tgsigqueueinfo: case SYS_getpid: case SYS_gettid:
+    case SYS_close: case SYS_fcntl: case SYS_ioctl: case SYS_lseek: case SYS_fstat:
+    case SYS_newfstatat: case SYS_fsync: case SYS_fdatasync:
+        return 1;
+    default:
+        return blocking_call(nr);
+    }
+}
+
+/* In libc, a thread is at a safe point only at a system call: just after the
+ * syscall instruction with -EINTR (interrupted while blocked), or at it to be
+ * restarted (the kernel rewound the instruction pointer and put the number
+ * back), or just after one of the calls above, when the wrapper's
+ * `mov $NR, %eax; syscall` says which it was; or just after any system call
+ * when this very thread sent itself the signal (raise(), kill(getpid())):
+ * the signal arrives as the send or a mask change returns, and lastcall
+ * diverts only single-threaded processes. */
+static int at_call(const struct code_range *r, uintptr_t pc, long rax, const siginfo_t *info)
+{
+    if (pc + 2 <= r->hi && *(const uint16_t *)pc == 0x050f && blocking_call(rax))
+        return 1;
+    if (pc < r->lo + 2 || *(const uint16_t *)(pc - 2) != 0x050f)
+        return 0;
+    if (rax == -EINTR)
+        return 1;
+    if (pc >= r->lo + 7 && *(const uint8_t *)(pc - 7) == 0xb8 &&
+        quick_call((long)*(const int32_t *)(pc - 6)))
+        return 1;
+    return info && info->si_pid == getpid() &&
+           (info->si_code == SI_USER || info->si_code == SI_TKILL || info->si_code == SI_QUEUE);
+}
+
+int safepoint_is_safe(const void *uctx, const siginfo_t *info)
+{
+    if (__atomic_load_n(&prepared, __ATOMIC_ACQUIRE) <= 0 || uctx == NULL)
+        return 0;
+    const ucontext_t *uc = uctx;
+    uintptr_t pc = (uintptr_t)uc->uc_mcontext.gregs[REG_RIP];
+    long rax = (long)uc->uc_mcontext.gregs[REG_RAX];
+    for (int i = 0; i < n_ranges; i++)
+        if (pc >= ranges[i].lo && pc < ranges[i].hi)
+            return ranges[i].libc && at_call(&ranges[i], pc, rax, info);
+    return 1;
+}
+
+/* ---- diverting the interrupted thread ---- */
+
+static struct {
+    ucontext_t *uc;
+    greg_t gregs[NGREG];
+    uint64_t mask; /* the kernel's 64-bit mask, the first word of uc_sigmask */
+    void (*fn)(void);
+} diverted;
+static int divert_busy;
+
+static void landing(void)
+{
+    diverted.fn();
+    ucontext_t *uc = diverted.uc;
+    memcpy(uc->uc_mcontext.gregs, diverted.gregs, sizeof diverted.gregs);
+    memcpy(&uc->uc_sigmask, &diverted.mask, sizeof diverted.mask);
+    __atomic_store_n(&divert_busy, 0, __ATOMIC_RELEASE);
+    /* rt_sigreturn reads its frame just below the stack pointer: the signal
+     * frame is still intact above everything this thread ran since. */
+    __asm__ volatile("mov %0, %%rsp\n\t"
+                     "mov $15, %%eax\n\t"
+                     "syscall\n\t"
+                     "ud2"
+                     :
+                     : "r"(uc)
+                     : "memory");
+    __builtin_unreachable();
+}
+
+int safepoint_divert(void *uctx, void (*fn)(void))
+{
+    int idle = 0;
+    if (!__atomic_compare_exchange_n(&divert_busy, &idle, 1, 0, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE))
+        return -1;
+    ucontext_t *uc = uctx;
+    greg_t *g = uc->uc_mcontext.gregs;
+    diverted.uc = uc;
+    diverted.fn = fn;
+    memcpy(diverted.gregs, g, sizeof diverted.gregs);
+    /* Only the first 64 bits: past them lies the frame's siginfo. */
+    memcpy(&diverted.mask, &uc->uc_sigmask, sizeof diverted.mask);
+    uintptr_t frame = (uintptr_t)uc - sizeof(void *); /* its return address */
+    uintptr_t isp = (uintptr_t)g[REG_RSP];
+    /* Below the frame when it lies on the interrupted stack; otherwise (an
+     * alternate signal stack) on the interrupted stack, below its red zone. */
+    uintptr_t sp = frame < isp && isp - frame < (1u << 20) ? frame : isp - 128;
+    sp = (sp - 64) & ~(uintptr_t)15;
+    sp -= sizeof(void *);
+    *(uintptr_t *)sp = 0; /* a return address that ends every unwind */
+    g[REG_RSP] = (greg_t)sp;
+    g[REG_RIP] = (greg_t)(uintptr_t)landing;
+    g[REG_EFL] &= ~(greg_t)0x400; /* the ABI wants the direction flag clear */
+    uint64_t all = ~(uint64_t)0;
+    const int faults[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP, SIGSYS};
+    for (unsigned i = 0; i < sizeof faults / sizeof faults[0]; i++)
+        all &= ~((uint64_t)1 << (faults[i] - 1));
+    memcpy(&uc->uc_sigmask, &all, sizeof all);
+    return 0;
+}
+
+/* ---- retries ---- */
+
+static char retry_marker;
+static int retry_state;     /* 0: none, 1: being made, 2: made (for retry_pid) */
+static pid_t retry_pid;
+static int retry_timer;     /* the kernel's timer id */
+static int retry_sig;
+
+int safepoint_retry(int sig, long delay_us)
+{
+    pid_t self = getpid();
+    if (__atomic_load_n(&retry_state, __ATOMIC_ACQUIRE) == 2 && retry_pid != self)
+        __atomic_store_n(&retry_state, 0, __ATOMIC_RELEASE); /* a fork child: none of its own */
+    int none = 0;
+    if (__atomic_compare_exchange_n(&retry_state, &none, 1, 0, __ATOMIC_ACQ_REL,
+                                    __ATOMIC_ACQUIRE)) {
+        struct sigevent ev;
+        memset(&ev, 0, sizeof ev);
+        ev.sigev_notify = SIGEV_THREAD_ID;
+        ev.sigev_signo = sig;
+        ev.sigev_value.sival_ptr = &retry_marker;
+        ev._sigev_un._tid = (pid_t)syscall(SYS_gettid);
+        int id;
+        if (syscall(SYS_timer_create, CLOCK_MONOTONIC, &ev, &id) != 0) {
+            __atomic_store_n(&retry_state, 0, __ATOMIC_RELEASE);
+            return -1;
+        }
+        retry_timer = id;
+        retry_sig = sig;
+        retry_pid = self;
+        __atomic_store_n(&retry_state, 2, __ATOMIC_RELEASE);
+    }
+    if (__atomic_load_n(&retry_state, __ATOMIC_ACQUIRE) != 2)
+        return -1;
+    (void)retry_sig; /* the timer brings its own signal: any retry does the pending work */
+    struct itimerspec when;
+    memset(&when, 0, sizeof when);
+    when.it_value.tv_sec = delay_us / 1000000;
+    when.it_value.tv_nsec = (delay_us % 1000000) * 1000;
+    return syscall(SYS_timer_settime, retry_timer, 0, &when, NULL) == 0 ? 0 : -1;
+}
+
+int safepoint_is_retry(const siginfo_t *info)
+{
+    return info && info->si_code == SI_TIMER && info->si_value.sival_ptr == &retry_marker;
+}
+
+/* ---- exit() called from a signal handler ---- */
+
+/* Is there a signal frame at A (A holds the return address into glibc's
+ * restorer)? Its context says user code segment 0x33 and its FPU state lies
+ * just above it with the kernel's magic. */
+static int frame_at(uintptr_t a, uintptr_t top)
+{
+    const ucontext_t *uc = (const ucontext_t *)(a + sizeof(void *));
+    if ((uintptr_t)(uc + 1) > top || (uc->uc_flags & ~7ul) != 0)
+        return 0;
+    if ((uc->uc_mcontext.gregs[REG_CSGSFS] & 0xffff) != 0x33)
+        return 0;
+    uintptr_t fp = (uintptr_t)uc->uc_mcontext.fpregs;
+    if (fp <= a || fp - a > 65536 || fp + 468 > top)
+        return 0;
+    if (uc->uc_flags & 1 /* UC_FP_XSTATE */)
+        return *(const uint32_t *)(fp + 464) == 0x46505853u; /* FP_XSTATE_MAGIC1 */
+    return 1;
+}
+
+int safepoint_exit_is_safe(void)
+{
+    if (__atomic_load_n(&prepared, __ATOMIC_ACQUIRE) <= 0)
+        return 1;
+    volatile uintptr_t here = 0;
+    uintptr_t sp = (uintptr_t)&here & ~(uintptr_t)7;
+    uintptr_t top;
+    stack_t ss;
+    if (sigaltstack(NULL, &ss) == 0 && (ss.ss_flags & SS_ONSTACK))
+        top = (uintptr_t)ss.ss_sp + ss.ss_size;
+    else if (getpid() == (pid_t)syscall(SYS_gettid) && sp < (uintptr_t)__libc_stack_end &&
+             (uintptr_t)__libc_stack_end - sp < ((uintptr_t)64 << 20))
+        top = (uintptr_t)__libc_stack_end;
+    else
+        return 1; /* a stack we cannot bound: take it as no handler */
+    /* The innermost frame is the handler that called exit(). */
+    for (uintptr_t a = sp; a + sizeof(void *) <= top; a += sizeof(void *))
+        if (*(const uintptr_t *)a == glibc_restorer && frame_at(a, top))
+        {
+            /* The kernel's frame: the return address, its ucontext (which
+             * ends with a 64-bit mask), the siginfo. */
+            uintptr_t uc = a + sizeof(void *);
+            return safepoint_is_safe((const void *)uc,
+                                     (const siginfo_t *)(uc + offsetof(ucontext_t, uc_sigmask) + 8));
+        }
+    return 1;
+}
+
+#else /* not x86-64 Linux */
+
+int safepoint_prepare(void) { return 0; }
+int safepoint_is_safe(const void *uctx, const siginfo_t *info) { (void)uctx; (void)info; return 0; }
+int safepoint_divert(void *uctx, void (*fn)(void)) { (void)uctx; (void)fn; return -1; }
+int safepoint_retry(int sig, long delay_us) { (void)sig; (void)delay_us; return -1; }
+int safepoint_is_retry(const siginfo_t *info) { (void)info; return 0; }
+int safepoint_exit_is_safe(void) { return 1; }
+
+#endif
