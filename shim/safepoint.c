@@ -7,12 +7,23 @@
 #include <link.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <ucontext.h>
 #include <unistd.h>
 
 #if defined(__x86_64__) && defined(__linux__)
+
+/* Under valgrind the signal frame counts as gone once the handler returned;
+ * the way back writes into it, so memcheck is told it is still there. The
+ * header's client requests are a few no-op instructions outside valgrind. */
+#if __has_include(<valgrind/memcheck.h>)
+#include <valgrind/memcheck.h>
+#define FRAME_IS_MEMORY(p, n) VALGRIND_MAKE_MEM_DEFINED((p), (n))
+#else
+#define FRAME_IS_MEMORY(p, n) ((void)(p), (void)(n))
+#endif
 
 extern int __sigaction(int sig, const struct sigaction *act, struct sigaction *oldact);
 extern void *__libc_stack_end;
@@ -27,8 +38,16 @@ struct code_range {
 static struct code_range ranges[MAX_RANGES];
 static int n_ranges;
 static int prepared;       /* 1: diversion possible, -1: not here */
-static int under_valgrind; /* its signal frames are its own: no diversion */
+static int under_valgrind; /* it would see the frame scan read undefined stack */
 static uintptr_t glibc_restorer; /* what glibc puts in every signal frame it arranges */
+
+/* The diverted thread runs on a stack of its own, mapped once (untouched
+ * until a drain, so it costs no resident memory): the interrupted stack may
+ * be a small one (a coroutine's), the signal frame above it must stay intact
+ * for the way back, and a tool that tracks the stack pointer (valgrind)
+ * takes the switch for what it is. */
+#define LANDING_STACK (128 * 1024)
+static char *landing_stack; /* its lowest page is a guard */
 
 
 struct wanted {
@@ -91,7 +110,15 @@ int safepoint_prepare(void)
         if (__sigaction(sig, NULL, &k) == 0 && (k.sa_flags & 0x04000000 /* SA_RESTORER */))
             glibc_restorer = (uintptr_t)k.sa_restorer;
     }
-    state = n_ranges > 0 && glibc_restorer != 0 && !under_valgrind ? 1 : -1;
+    if (landing_stack == NULL) {
+        void *m = mmap(NULL, LANDING_STACK, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+        if (m != MAP_FAILED) {
+            mprotect(m, 4096, PROT_NONE);
+            landing_stack = m;
+        }
+    }
+    state = n_ranges > 0 && glibc_restorer != 0 && landing_stack != NULL ? 1 : -1;
     __atomic_store_n(&prepared, state, __ATOMIC_RELEASE);
     return state > 0;
 }
@@ -177,15 +204,25 @@ static struct {
 } diverted;
 static int divert_busy;
 
+static void copy_bytes(void *to, const void *from, size_t n)
+{
+    /* Not memcpy: a sanitizer's interceptor is no place for a signal handler. */
+    for (size_t i = 0; i < n; i++)
+        ((char *)to)[i] = ((const char *)from)[i];
+}
+
 static void landing(void)
 {
     diverted.fn();
     ucontext_t *uc = diverted.uc;
-    memcpy(uc->uc_mcontext.gregs, diverted.gregs, sizeof diverted.gregs);
-    memcpy(&uc->uc_sigmask, &diverted.mask, sizeof diverted.mask);
+    FRAME_IS_MEMORY(uc->uc_mcontext.gregs, sizeof diverted.gregs);
+    FRAME_IS_MEMORY(&uc->uc_sigmask, sizeof diverted.mask);
+    copy_bytes(uc->uc_mcontext.gregs, diverted.gregs, sizeof diverted.gregs);
+    copy_bytes(&uc->uc_sigmask, &diverted.mask, sizeof diverted.mask);
     __atomic_store_n(&divert_busy, 0, __ATOMIC_RELEASE);
     /* rt_sigreturn reads its frame just below the stack pointer: the signal
-     * frame is still intact above everything this thread ran since. */
+     * frame, FPU state included, is as the kernel left it but for what we
+     * put back. */
     __asm__ volatile("mov %0, %%rsp\n\t"
                      "mov $15, %%eax\n\t"
                      "syscall\n\t"
@@ -198,6 +235,8 @@ static void landing(void)
 
 int safepoint_divert(void *uctx, void (*fn)(void))
 {
+    if (landing_stack == NULL)
+        return -1;
     int idle = 0;
     if (!__atomic_compare_exchange_n(&divert_busy, &idle, 1, 0, __ATOMIC_ACQ_REL,
                                      __ATOMIC_ACQUIRE))
@@ -206,16 +245,11 @@ int safepoint_divert(void *uctx, void (*fn)(void))
     greg_t *g = uc->uc_mcontext.gregs;
     diverted.uc = uc;
     diverted.fn = fn;
-    memcpy(diverted.gregs, g, sizeof diverted.gregs);
-    /* Only the first 64 bits: past them lies the frame's siginfo. */
-    memcpy(&diverted.mask, &uc->uc_sigmask, sizeof diverted.mask);
-    uintptr_t frame = (uintptr_t)uc - sizeof(void *); /* its return address */
-    uintptr_t isp = (uintptr_t)g[REG_RSP];
-    /* Below the frame when it lies on the interrupted stack; otherwise (an
-     * alternate signal stack) on the interrupted stack, below its red zone. */
-    uintptr_t sp = frame < isp && isp - frame < (1u << 20) ? frame : isp - 128;
-    sp = (sp - 64) & ~(uintptr_t)15;
-    sp -= sizeof(void *);
+    copy_bytes(diverted.gregs, g, sizeof diverted.gregs);
+    /* Only the first 64 bits are the kernel's mask: past them lies the
+     * frame's siginfo. */
+    copy_bytes(&diverted.mask, &uc->uc_sigmask, sizeof diverted.mask);
+    uintptr_t sp = (((uintptr_t)landing_stack + LANDING_STACK) & ~(uintptr_t)15) - sizeof(void *);
     *(uintptr_t *)sp = 0; /* a return address that ends every unwind */
     g[REG_RSP] = (greg_t)sp;
     g[REG_RIP] = (greg_t)(uintptr_t)landing;
@@ -224,7 +258,7 @@ int safepoint_divert(void *uctx, void (*fn)(void))
     const int faults[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP, SIGSYS};
     for (unsigned i = 0; i < sizeof faults / sizeof faults[0]; i++)
         all &= ~((uint64_t)1 << (faults[i] - 1));
-    memcpy(&uc->uc_sigmask, &all, sizeof all);
+    copy_bytes(&uc->uc_sigmask, &all, sizeof all);
     return 0;
 }
 
@@ -297,7 +331,7 @@ static int frame_at(uintptr_t a, uintptr_t top)
 
 int safepoint_exit_is_safe(void)
 {
-    if (__atomic_load_n(&prepared, __ATOMIC_ACQUIRE) <= 0)
+    if (__atomic_load_n(&prepared, __ATOMIC_ACQUIRE) <= 0 || under_valgrind)
         return 1;
     volatile uintptr_t here = 0;
     uintptr_t sp = (uintptr_t)&here & ~(uintptr_t)7;

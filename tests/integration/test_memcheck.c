@@ -67,3 +67,14 @@ Test(memcheck, signal_drain, .timeout = 300)
     char *v = redis_get("memcheck_hold");
     cr_assert(v && strcmp(v, "held") == 0);
 }
+
+/* A single-threaded program inside a query: the signal diverts its thread to
+ * start the drain thread, then the query goes on (safepoint.c's way back
+ * through the signal frame) until it is cancelled. */
+Test(memcheck, signal_drain_during_a_query, .timeout = 300)
+{
+    const char *args[] = {build_path("tests/clients/lazy_client"), "sleep", "1", NULL};
+    memcheck("memcheck_query", args, 1500);
+    cr_assert_eq(pg_wait_backends_gone("memcheck_query", 10000), 0);
+    cr_assert_eq(pg_log_abrupt("memcheck_query"), 0);
+}
