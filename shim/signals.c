@@ -62,6 +62,9 @@ static int64_t lazy_start_ms;
 static int lazy_inflight;       /* the diverted thread was inside a library call */
 static pid_t lazy_pid;          /* a fork child starts afresh */
 
+static uint64_t lazy_token;     /* a `lastcall status` request waiting for the thread */
+static int64_t lazy_token_ms;
+
 static int lazy_drain_pending(void)
 {
     return __atomic_load_n(&lazy_sig, __ATOMIC_ACQUIRE) != 0 &&
@@ -351,39 +354,62 @@ static enum delay_verdict stop_delay(int sig, siginfo_t **info)
 static void park_until_death(void);
 
 /* Runs on the interrupted thread once the handler has returned, outside
- * signal context, every signal blocked: the thread can be created here. */
-static void lazy_drain_landing(void)
+ * signal context, every signal blocked: the thread can be created here. Then
+ * the work that waited for it: a `lastcall status` answer, a drain. */
+static void lazy_landing(void)
 {
-    int sig = __atomic_load_n(&lazy_sig, __ATOMIC_ACQUIRE);
-    if (runtime_start_drain_thread() != 0 ||
-        runtime_post_signal_drain(sig, lazy_start_ms) != 0)
-        signals_die(sig); /* as without lastcall */
-    if (lazy_inflight)
-        return; /* the call goes on; its hook parks the thread when it returns */
-    park_until_death();
+    int ok = runtime_start_drain_thread() == 0;
+    uint64_t token = __atomic_exchange_n(&lazy_token, 0, __ATOMIC_ACQ_REL);
+    if (token && (!ok || runtime_request_remote_status(token) != 0))
+        status_answer_inline(token);
+    if (lazy_drain_pending()) {
+        int sig = __atomic_load_n(&lazy_sig, __ATOMIC_ACQUIRE);
+        if (!ok || runtime_post_signal_drain(sig, lazy_start_ms) != 0)
+            signals_die(sig); /* as without lastcall */
+        if (!lazy_inflight)
+            park_until_death();
+    }
+    /* Back to the interrupted code: a status request changes nothing for it;
+     * a call under way goes on, and its hook parks the thread when it returns. */
 }
 
 static void die_on_return(int sig);
 
-/* A drain waits for a safe point (LAZY_SIG set): divert this thread there, or
- * try again shortly. A drain that found none by the deadline gives up: the
- * process dies as it would have without lastcall. */
-static void lazy_drain_try(void *uctx, const siginfo_t *delivered)
+/* Work waits for a safe point (a drain: LAZY_SIG set; a status request:
+ * LAZY_TOKEN): divert this thread there, or try again shortly. A drain that
+ * found none by the deadline gives up: the process dies as it would have
+ * without lastcall. A status request gets the short answer after 2 s. */
+static void lazy_try(int sig, void *uctx, const siginfo_t *delivered)
 {
-    int sig = __atomic_load_n(&lazy_sig, __ATOMIC_ACQUIRE);
-    if (lc_now_ms() - lazy_start_ms >= lc_cfg.deadline_ms) {
-        die_on_return(sig);
+    int drain = lazy_drain_pending();
+    if (drain) {
+        sig = __atomic_load_n(&lazy_sig, __ATOMIC_ACQUIRE);
+        if (lc_now_ms() - lazy_start_ms >= lc_cfg.deadline_ms) {
+            die_on_return(sig);
+            return;
+        }
+    } else if (lc_now_ms() - lazy_token_ms >= 2000) {
+        uint64_t token = __atomic_exchange_n(&lazy_token, 0, __ATOMIC_ACQ_REL);
+        if (token)
+            status_answer_inline(token);
         return;
     }
     if (safepoint_is_safe(uctx, delivered)) {
         int inflight = __atomic_load_n(&lc_inflight, __ATOMIC_ACQUIRE) != NULL;
-        if (safepoint_divert(uctx, lazy_drain_landing) == 0) {
+        if (safepoint_divert(uctx, lazy_landing) == 0) {
             lazy_inflight = inflight;
             return;
         }
     }
-    if (safepoint_retry(sig, LAZY_RETRY_US) != 0)
+    if (safepoint_retry(sig, LAZY_RETRY_US) == 0)
+        return;
+    if (drain) {
         die_on_return(sig);
+    } else {
+        uint64_t token = __atomic_exchange_n(&lazy_token, 0, __ATOMIC_ACQ_REL);
+        if (token)
+            status_answer_inline(token);
+    }
 }
 
 static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
@@ -391,8 +417,9 @@ static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
     int saved_errno = errno;
     const siginfo_t *delivered = info; /* the stop delay may swap INFO */
     if (safepoint_is_retry(info)) {
-        if (lazy_drain_pending() && !runtime_drain_requested())
-            lazy_drain_try(uctx, delivered);
+        if ((lazy_drain_pending() || __atomic_load_n(&lazy_token, __ATOMIC_ACQUIRE)) &&
+            !runtime_drain_requested())
+            lazy_try(sig, uctx, delivered);
         errno = saved_errno;
         return;
     }
@@ -404,7 +431,15 @@ static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
     struct sigaction v = virtual_act[sig];
     if (sig == remote_sig) {
         if (status_is_request(sig, info)) {
-            status_on_request(info);
+            uint64_t none = 0, token = (uint64_t)(uintptr_t)info->si_value.sival_ptr;
+            if (runtime_drain_thread_is_lazy() &&
+                __atomic_compare_exchange_n(&lazy_token, &none, token, 0, __ATOMIC_ACQ_REL,
+                                            __ATOMIC_ACQUIRE)) {
+                lazy_token_ms = lc_now_ms();
+                lazy_try(sig, uctx, delivered); /* the snapshot is made on the drain thread */
+            } else {
+                status_on_request(info);
+            }
             errno = saved_errno;
             return;
         }
@@ -466,7 +501,7 @@ static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
                                         __ATOMIC_ACQUIRE)) {
             lazy_start_ms = lc_now_ms();
             __atomic_store_n(&lazy_pid, getpid(), __ATOMIC_RELEASE);
-            lazy_drain_try(uctx, delivered);
+            lazy_try(sig, uctx, delivered);
         } else {
             die_on_return(sig);
         }

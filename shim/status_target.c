@@ -85,7 +85,7 @@ static void send_all(int fd, const char *buf, size_t n)
 /* No drain thread in this process: it has never opened a connection (or
  * could not start the thread). The answer fits in one buffer, written from
  * the handler. */
-static void answer_inline(uint64_t token)
+void status_answer_inline(uint64_t token)
 {
     int fd = connect_asker(token);
     if (fd < 0)
@@ -116,7 +116,7 @@ void status_on_request(const siginfo_t *info)
 {
     uint64_t token = (uint64_t)(uintptr_t)info->si_value.sival_ptr;
     if (runtime_request_remote_status(token) != 0)
-        answer_inline(token);
+        status_answer_inline(token);
 }
 
 /* ---- the snapshot, on the drain thread ---- */
