@@ -20,23 +20,28 @@ static const struct {
 
 void config_defaults(struct lc_config *cfg)
 {
-    cfg->deadline_ms = LC_DEFAULT_DEADLINE_MS;
-    cfg->grace_ms = LC_DEFAULT_GRACE_MS;
-    cfg->log_level = LC_LOG_WARN;
-    cfg->disabled = 0;
+    /* Field by field through a volatile pointer: merged into vector stores,
+     * the constants would be loaded from read-only data, which every process
+     * would then fault in (runtime.c's environment scan says why that
+     * matters). */
+    volatile struct lc_config *v = cfg;
+    v->deadline_ms = LC_DEFAULT_DEADLINE_MS;
+    v->grace_ms = LC_DEFAULT_GRACE_MS;
+    v->log_level = LC_LOG_WARN;
+    v->disabled = 0;
     sigemptyset(&cfg->signals);
     sigaddset(&cfg->signals, SIGTERM);
     sigaddset(&cfg->signals, SIGINT);
-    cfg->report_path = NULL;
-    cfg->report_format = LC_FORMAT_TEXT;
-    cfg->stacks = 0;
-    cfg->stack_depth = LC_DEFAULT_STACK_DEPTH;
-    cfg->leak_threshold = 0;
-    cfg->leak_age_ms = 0;
-    cfg->status_signal = 0;
-    cfg->log_format = LC_FORMAT_TEXT;
-    cfg->log_file = NULL;
-    cfg->stop_delay_ms = 0;
+    v->report_path = NULL;
+    v->report_format = LC_FORMAT_TEXT;
+    v->stacks = 0;
+    v->stack_depth = LC_DEFAULT_STACK_DEPTH;
+    v->leak_threshold = 0;
+    v->leak_age_ms = 0;
+    v->status_signal = 0;
+    v->log_format = LC_FORMAT_TEXT;
+    v->log_file = NULL;
+    v->stop_delay_ms = 0;
 }
 
 int config_parse_format(const char *text)

@@ -373,8 +373,15 @@ __asm__(".text\n"
         ".size dlvsym, .-dlvsym\n");
 #endif
 
+/* libc's dlsym is looked up at the first dlsym call, not here: every
+ * process runs this, and most never call dlsym. pthread_atfork's copy from
+ * libc_nonshared.a lies at the far end of our code (runtime.c says why that
+ * matters); __register_atfork is what it calls. */
+extern int __register_atfork(void (*prepare)(void), void (*parent)(void), void (*child)(void),
+                             void *dso_handle);
+extern void *__dso_handle;
+
 __attribute__((constructor)) static void reach_constructor(void)
 {
-    reals_ready();
-    pthread_atfork(NULL, NULL, scan_atfork_child);
+    __register_atfork(NULL, NULL, scan_atfork_child, __dso_handle);
 }

@@ -72,13 +72,24 @@ static void collect_environment(void)
      * secure_getenv would. */
     if (getauxval(AT_SECURE))
         return;
-    for (char **e = environ; e && *e && env_count < ENV_MAX; e++)
-        if (strncmp(*e, "LASTCALL_", 9) == 0)
+    /* "LASTCALL_" as immediates, not a string literal: a process without
+     * any LASTCALL_ variable then reads none of our read-only data, whose
+     * first touch maps all of it (the kernel's 64 KiB fault-around). */
+    const uint64_t lastcall = 0x4c4c41435453414cull; /* "LASTCALL", little-endian */
+    for (char **e = environ; e && *e && env_count < ENV_MAX; e++) {
+        uint64_t head;
+        if (strnlen(*e, 9) < 9)
+            continue;
+        memcpy(&head, *e, sizeof head);
+        if (head == lastcall && (*e)[8] == '_')
             env_entries[env_count++] = *e;
+    }
 }
 
 static const char *env_lookup(const char *name)
 {
+    if (env_count == 0)
+        return NULL;
     size_t len = strlen(name);
     for (int i = 0; i < env_count; i++)
         if (strncmp(env_entries[i], name, len) == 0 && env_entries[i][len] == '=')
@@ -135,11 +146,18 @@ static int entry_in_transaction(struct lc_entry *e)
     return k->in_transaction && k->in_transaction(e);
 }
 
-static void do_init(void)
+/* What pthread_atfork does, without its copy from libc_nonshared.a: that
+ * copy is linked at the far end of our code, and calling it from the
+ * constructor faulted in one more 64 KiB window of it in every process. */
+extern int __register_atfork(void (*prepare)(void), void (*parent)(void), void (*child)(void),
+                             void *dso_handle);
+extern void *__dso_handle;
+
+LC_STARTUP static void do_init(void)
 {
     config_from_env();
     if (!lc_cfg.disabled) {
-        pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+        __register_atfork(atfork_prepare, atfork_parent, atfork_child, __dso_handle);
         signals_install(&lc_cfg.signals, lc_cfg.status_signal);
         inflight_set_touch(lc_cfg.leak_age_ms > 0);
         inflight_register_thread(); /* the main thread; pthread_create registers the rest */

@@ -219,7 +219,7 @@ static void signals_atfork_child(void)
     stopdelay_atfork_child();
 }
 
-void signals_install(const sigset_t *set, int status_signal)
+LC_STARTUP void signals_install(const sigset_t *set, int status_signal)
 {
     status_sig = status_signal;
     remote_sig = LC_STATUS_SIGNAL;
