@@ -118,7 +118,11 @@ int safepoint_prepare(void)
             landing_stack = m;
         }
     }
-    state = n_ranges > 0 && glibc_restorer != 0 && landing_stack != NULL ? 1 : -1;
+    /* With a CET shadow stack the way back through the preserved frame
+     * would not find the restore token the kernel checks: no diversion. */
+    unsigned long shstk = 0;
+    int shadow = syscall(SYS_arch_prctl, 0x5005 /* ARCH_SHSTK_STATUS */, &shstk) == 0 && (shstk & 1);
+    state = n_ranges > 0 && glibc_restorer != 0 && landing_stack != NULL && !shadow ? 1 : -1;
     __atomic_store_n(&prepared, state, __ATOMIC_RELEASE);
     return state > 0;
 }
