@@ -70,7 +70,7 @@ static int lazy_drain_pending(void)
     return __atomic_load_n(&lazy_sig, __ATOMIC_ACQUIRE) != 0 &&
            __atomic_load_n(&lazy_pid, __ATOMIC_ACQUIRE) == getpid();
 }
-#define LAZY_RETRY_US 200
+#define LAZY_RETRY_US 50
 
 int signals_shutdown_started(void)
 {
