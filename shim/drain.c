@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "drain.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -408,7 +409,9 @@ static void discard_pending_input(struct work *works, size_t n)
     }
     if (poll(fds, n, 0) > 0)
         for (size_t i = 0; i < n; i++)
-            if (fds[i].revents & POLLIN)
+            /* POLLHUP: both ends are shut, the server has closed its
+             * socket: unread input there can no longer reset anything. */
+            if ((fds[i].revents & (POLLIN | POLLHUP)) == POLLIN)
                 discard_input(works[i].fd);
     free(fds);
 }
@@ -479,6 +482,56 @@ static void close_loop(struct work *works, size_t n, int64_t flush_until, int64_
     }
     free(fds);
     free(idx);
+}
+
+/* Has this process a child still alive (any thread's)? Such a child may hold
+ * a copy of a socket that is not close-on-exec (posix_spawn, system and popen
+ * run no fork handler, so runtime_has_forked cannot know of it). */
+static int has_live_child(void)
+{
+    DIR *tasks = opendir("/proc/self/task");
+    if (tasks == NULL)
+        return 1;
+    int found = 0;
+    struct dirent *d;
+    while (!found && (d = readdir(tasks)) != NULL) {
+        if (d->d_name[0] == '.')
+            continue;
+        char path[64], buf[16];
+        snprintf(path, sizeof path, "/proc/self/task/%.20s/children", d->d_name);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        ssize_t got = fd >= 0 ? read(fd, buf, sizeof buf) : -1;
+        if (fd >= 0)
+            close(fd);
+        /* No such file (a kernel without CONFIG_PROC_CHILDREN): assume one. */
+        found = got != 0;
+    }
+    closedir(tasks);
+    return found;
+}
+
+/* In a signal drain the process dies right after: a connection with nothing
+ * to say is left to the kernel's close then, which ends it as our goodbye
+ * would, without waking its server process now (each Terminate starts a
+ * backend's exit, and 200 of them competed with ours for the CPU). Only where
+ * that close ends the connection: the caller checked that nothing forked
+ * since load (the child holds a copy of every socket); while a child lives
+ * (LIVE_CHILD), a socket that is not close-on-exec may be in it too
+ * (posix_spawn, system and popen run no fork handler). The kind decides the
+ * rest. What is unread when the drain ends is read and dropped by its last
+ * poll (discard_pending_input), as after a goodbye: no close is a reset. */
+static int left_to_kernel(const struct work *w, int live_child)
+{
+    if (w->ops->nothing_to_say == NULL)
+        return 0;
+    /* With no child alive, not even hiredis's sockets (not close-on-exec)
+     * are in another process: a grandchild whose parent exited is not seen. */
+    if (live_child) {
+        int fdflags = fcntl(w->fd, F_GETFD);
+        if (fdflags < 0 || !(fdflags & FD_CLOEXEC))
+            return 0;
+    }
+    return w->ops->nothing_to_say(w->e, w->fd);
 }
 
 static int close_first_first(const void *a, const void *b)
@@ -636,7 +689,11 @@ void drain_run(int mode, int64_t start_ms, struct lc_drain_result *result)
     refresh_inside();
     /* Phase close: whatever is still in use is cut; the rest gets its
      * buffered output, the protocol's goodbye and a FIN (goodbye() says when
-     * we must then wait for the server to take what we sent). */
+     * we must then wait for the server to take what we sent), or, in a
+     * signal drain, is left to the kernel's close if it has nothing to say. */
+    size_t to_kernel = 0;
+    const int kernel_may_close = mode == LC_GATE_SIGNAL && !runtime_has_forked();
+    const int live_child = kernel_may_close && has_live_child();
     for (size_t i = 0; i < n; i++) {
         struct work *w = &works[i];
         if (w->step == STEP_DONE)
@@ -647,13 +704,22 @@ void drain_run(int mode, int64_t start_ms, struct lc_drain_result *result)
             result->cut++;
             continue;
         }
+        if (kernel_may_close && left_to_kernel(w, live_child)) {
+            w->step = STEP_DONE;
+            to_kernel++;
+            continue;
+        }
         w->step = STEP_CLOSING;
         after_flush(w, w->ops->flush(w->e, w->fd, deadline - reserve / 2));
     }
     close_loop(works, n, deadline - reserve / 2, deadline - reserve / 2, deadline);
 
+    if (to_kernel > 0)
+        LC_DEBUG("drain: %zu idle connection%s left to the kernel's close at exit", to_kernel,
+                 to_kernel == 1 ? "" : "s");
     /* Unread input at close time would turn the close into a reset: one poll
-     * finds the sockets holding some. What did not finish is shut down, and
+     * finds the sockets holding some (those left to the kernel too: a
+     * notification may have come since). What did not finish is shut down, and
      * counted as cut: the server sees an abrupt end. */
     discard_pending_input(works, n);
     for (size_t i = 0; i < n; i++) {

@@ -54,6 +54,16 @@ struct lc_kind {
     /* The server may still send (a query's results, a cancelled query's
      * error): closing then would make it log a broken pipe. May be NULL. */
     int (*server_may_send)(struct lc_entry *e);
+    /* Nothing to say: in a signal drain, the kernel's close when the
+     * process dies a moment later ends this connection as cleanly as our
+     * goodbye would (the session is idle, nothing is buffered or on its
+     * way, and the server logs nothing for a plain close), so the drain
+     * skips it: every goodbye wakes a server process whose exit competes
+     * with ours. drain.c has already checked that no other process holds
+     * the socket, and reads what is unread when the drain ends (one poll
+     * for all). No thread is inside the connection. May be NULL: always
+     * the goodbye. */
+    int (*nothing_to_say)(struct lc_entry *e, int fd);
     /* Idle inside a transaction (status snapshots; called under the
      * registry lock). May be NULL. */
     int (*in_transaction)(struct lc_entry *e);

@@ -2,10 +2,13 @@
  * and in-flight tracking), and how a PostgreSQL connection is closed. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <libpq-fe.h>
 
@@ -496,6 +499,76 @@ static int pq_server_may_send(struct lc_entry *e)
     return st != PQS_IDLE && st != PQS_BROKEN;
 }
 
+/* Is the peer of FD a PostgreSQL server itself, not a pooler in front of one?
+ * PgBouncer logs "client unexpected eof" for a client that leaves without
+ * Terminate; PostgreSQL logs nothing for an idle session's EOF. Only a unix
+ * socket says who is at the other end (SO_PEERCRED: the process that listens,
+ * the postmaster), and only if that process is in our PID namespace. The
+ * answer for the last pid seen is kept: every backend has the same peer. */
+static int peer_is_postgres(int fd)
+{
+    static pid_t known_yes, known_no;
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.pid <= 0)
+        return 0;
+    if (cred.pid == __atomic_load_n(&known_yes, __ATOMIC_RELAXED))
+        return 1;
+    if (cred.pid == __atomic_load_n(&known_no, __ATOMIC_RELAXED))
+        return 0;
+    char path[48], comm[32] = "";
+    snprintf(path, sizeof path, "/proc/%d/comm", (int)cred.pid);
+    int cfd = open(path, O_RDONLY | O_CLOEXEC);
+    ssize_t got = cfd >= 0 ? read(cfd, comm, sizeof comm - 1) : -1;
+    if (cfd >= 0)
+        close(cfd);
+    comm[got > 0 ? got : 0] = '\0';
+    int yes = strcmp(comm, "postgres\n") == 0 || strcmp(comm, "postmaster\n") == 0;
+    __atomic_store_n(yes ? &known_yes : &known_no, cred.pid, __ATOMIC_RELAXED);
+    return yes;
+}
+
+/* Idle, outside a transaction, nothing queued, no result or COPY pending, not
+ * in a pipeline, nothing come in (a LISTENing session: more may come, and
+ * unread at our close they would make it a reset), on a unix socket to
+ * PostgreSQL itself. Never over TLS, which the peer check rules out already
+ * (TLS runs over TCP only): the backend logs a reset ("could not receive data
+ * from client") for a close without close_notify, OpenSSL 3's "unexpected
+ * eof". PQnotifies parses what libpq has buffered, as the drain's settle
+ * does. */
+static int pq_nothing_to_say(struct lc_entry *e, int fd)
+{
+    PGconn *conn = e->handle;
+    if (e->failed || PQ(PQstatus) == NULL || PQ(PQtransactionStatus) == NULL ||
+        PQ(PQstatus)(conn) != CONNECTION_OK ||
+        PQ(PQtransactionStatus)(conn) != PQTRANS_IDLE)
+        return 0;
+    if (PQ(PQsslInUse) && PQ(PQsslInUse)(conn))
+        return 0;
+    if (PQ(PQpipelineStatus) && PQ(PQpipelineStatus)(conn) != PQ_PIPELINE_OFF)
+        return 0;
+    /* A blocking connection never keeps output once its call returned idle
+     * (libpq flushes every message before it waits for the answer); a
+     * non-blocking one may, and its PQflush never blocks. */
+    if (PQ(PQisnonblocking) && PQ(PQisnonblocking)(conn) &&
+        (PQ(PQflush) == NULL || PQ(PQflush)(conn) != 0))
+        return 0;
+    /* A message come in (a notification, a notice): LISTENing, or the
+     * server has something to say; more may come before the kernel's close,
+     * which would make it a reset. */
+    int unread = 0;
+    if (ioctl(fd, FIONREAD, &unread) != 0 || unread != 0)
+        return 0;
+    if (PQ(PQnotifies) == NULL || PQ(PQfreemem) == NULL)
+        return 0;
+    PGnotify *n = PQ(PQnotifies)(conn);
+    if (n != NULL) {
+        PQ(PQfreemem)(n); /* the process is dying: no one will read it */
+        return 0;
+    }
+    return peer_is_postgres(fd);
+}
+
 static int pq_in_transaction(struct lc_entry *e)
 {
     if (e->failed || PQ(PQtransactionStatus) == NULL)
@@ -517,6 +590,7 @@ const struct lc_kind lc_pq_kind = {
     .settle = pq_settle,
     .terminate = pq_terminate,
     .server_may_send = pq_server_may_send,
+    .nothing_to_say = pq_nothing_to_say,
     .in_transaction = pq_in_transaction,
     .free_cancel = pq_free_cancel,
 };

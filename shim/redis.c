@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 
@@ -467,6 +469,32 @@ static int redis_flush(struct lc_entry *e, int fd, int64_t until_ms)
     return done ? LC_FLUSH_WROTE : LC_FLUSH_MORE;
 }
 
+/* Over a unix socket, our goodbye is only a FIN once the server has read
+ * everything we sent (SIOCOUTQ 0 there counts unread bytes): the kernel's
+ * close at exit is the same FIN, and redis-server logs nothing for either.
+ * Not over TCP, where only the server's EOF proves it read everything (a
+ * close with its reply still coming is a reset, and a reset drops what the
+ * server had not read), and not while subscribed (pushes may come at any
+ * moment, and unread at our close they would make it a reset). */
+static int redis_nothing_to_say(struct lc_entry *e, int fd)
+{
+    if (redis_context_err(e->handle) != 0 || redis_obuf_len(e->handle) != 0)
+        return 0;
+    int flags;
+    memcpy(&flags, (const char *)e->handle + redis_fd_offset() + (int)sizeof(int), sizeof flags);
+    if (flags & REDIS_SUBSCRIBED)
+        return 0;
+    /* A unix socket: its path as the target (redisConnectUnix), or asked. */
+    if (e->target[0] != '/') {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof ss;
+        if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0 || ss.ss_family != AF_UNIX)
+            return 0;
+    }
+    int unread_by_server = 0;
+    return ioctl(fd, SIOCOUTQ, &unread_by_server) == 0 && unread_by_server == 0;
+}
+
 const struct lc_kind lc_redis_kind = {
     .name = "Redis",
     .json = "redis",
@@ -477,4 +505,5 @@ const struct lc_kind lc_redis_kind = {
     .cancel = NULL,
     .flush = redis_flush,
     .terminate = NULL,
+    .nothing_to_say = redis_nothing_to_say,
 };

@@ -496,6 +496,40 @@ void mariadb_stop(void)
     mariadb_dir[0] = '\0';
 }
 
+int file_count(const char *path, const char *needle)
+{
+    char *text = slurp(path);
+    int n = 0;
+    for (char *p = text; p && (p = strstr(p, needle)) != NULL; p++)
+        n++;
+    free(text);
+    return n;
+}
+
+/* PgBouncer in front of the test's PostgreSQL, in the servers' temp dir. */
+int pgbouncer_start(void)
+{
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/pgbouncer", getenv("LC_TEST_DIR"));
+    return start_from_script("pgbouncer.sh", dir);
+}
+
+int pgbouncer_log_bad(void)
+{
+    const char *log = getenv("LC_TEST_PGB_LOG");
+    return file_count(log, "client unexpected eof") + file_count(log, "was not ready") +
+           file_count(log, "FATAL");
+}
+
+void pgbouncer_stop(void)
+{
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "%s/tests/harness/pgbouncer.sh stop %s/pgbouncer",
+             getenv("LASTCALL_SOURCE_ROOT"), getenv("LC_TEST_DIR"));
+    if (system(cmd) != 0)
+        fprintf(stderr, "harness: stopping pgbouncer failed\n");
+}
+
 void skip_unless_pid_namespace(void)
 {
     if (geteuid() != 0)

@@ -69,6 +69,8 @@ void redis_restart(void);
 /* Runs /usr/bin/python3 -c CODE ARGS...; returns its stdout (malloc'd) or NULL. */
 char *python(const char *code, const char *const *args);
 char *slurp(const char *path);
+/* Occurrences of NEEDLE in the file at PATH (0 when unreadable). */
+int file_count(const char *path, const char *needle);
 
 /* Extra milliseconds allowed in timing assertions: 0, except under
  * ThreadSanitizer, whose instrumentation and exit processing are slow
@@ -80,6 +82,14 @@ int slack_ms(void);
  * could be started (no mariadbd installed). */
 int mariadb_start(void);
 void mariadb_stop(void);
+
+/* PgBouncer (tests/harness/pgbouncer.sh) in front of the test's PostgreSQL:
+ * exports its LC_TEST_PGB_* settings. Returns 0, or -1 when it did not start. */
+int pgbouncer_start(void);
+void pgbouncer_stop(void);
+/* Lines of PgBouncer's log that say a client left abruptly or a server
+ * connection broke. */
+int pgbouncer_log_bad(void);
 
 /* The wait status says the process died by SIG. */
 int died_by(int status, int sig);

@@ -64,59 +64,12 @@ static long json_field(const char *text, const char *name)
 
 /* ---- PgBouncer, started per test by tests/harness/pgbouncer.sh ---- */
 
-static void pgbouncer_start(void)
-{
-    char cmd[2048];
-    snprintf(cmd, sizeof cmd, "%s/tests/harness/pgbouncer.sh start %s/pgbouncer",
-             getenv("LASTCALL_SOURCE_ROOT"), getenv("LC_TEST_DIR"));
-    FILE *f = popen(cmd, "r");
-    cr_assert_not_null(f);
-    char line[1024];
-    int n = 0;
-    while (fgets(line, sizeof line, f)) {
-        line[strcspn(line, "\n")] = '\0';
-        char *eq = strchr(line, '=');
-        if (!eq)
-            continue;
-        *eq = '\0';
-        setenv(line, eq + 1, 1);
-        n++;
-    }
-    cr_assert(pclose(f) == 0 && n > 0, "pgbouncer did not start");
-}
-
-static void pgbouncer_stop(void)
-{
-    char cmd[2048];
-    snprintf(cmd, sizeof cmd, "%s/tests/harness/pgbouncer.sh stop %s/pgbouncer",
-             getenv("LASTCALL_SOURCE_ROOT"), getenv("LC_TEST_DIR"));
-    if (system(cmd) != 0)
-        fprintf(stderr, "pgbouncer.sh stop failed\n");
-}
-
 static int pgbouncer_alive(void)
 {
     char *pid = slurp(getenv("LC_TEST_PGB_PIDFILE"));
     int alive = pid && atoi(pid) > 0 && kill(atoi(pid), 0) == 0;
     free(pid);
     return alive;
-}
-
-/* Lines of PgBouncer's log containing NEEDLE. */
-static int pgb_log_count(const char *needle)
-{
-    char *log = slurp(getenv("LC_TEST_PGB_LOG"));
-    int n = 0;
-    for (char *p = log; p && (p = strstr(p, needle)) != NULL; p++)
-        n++;
-    free(log);
-    return n;
-}
-
-static int pgb_log_bad(void)
-{
-    return pgb_log_count("client unexpected eof") + pgb_log_count("was not ready") +
-           pgb_log_count("FATAL");
 }
 
 /* ---- 1. Redis commands written, replies unread ---- */
@@ -234,13 +187,13 @@ Test(states, psql_copy_from_file_sigterm_mid_copy_keeps_the_protocol)
 
 Test(states, sigterm_during_a_query_through_pgbouncer_cancel_completes)
 {
-    pgbouncer_start();
+    cr_assert_eq(pgbouncer_start(), 0, "pgbouncer did not start");
     char port[32];
     snprintf(port, sizeof port, "%s", getenv("LC_TEST_PGB_PORT"));
     const char *argv[] = {"psql", "-X", "-h", getenv("LC_TEST_PGB_DIR"), "-p", port, "-c",
                           "select pg_sleep(30)", NULL};
     const char *env[] = {"LASTCALL_GRACE=200ms", "LASTCALL_DEADLINE=2s", NULL};
-    int bad_before = pgb_log_bad();
+    int bad_before = pgbouncer_log_bad();
     struct proc p;
     struct run_opts o = {.preload = 1, .app = "pgb_sleep", .env = env};
     proc_start(&p, &o, argv);
@@ -254,7 +207,7 @@ Test(states, sigterm_during_a_query_through_pgbouncer_cancel_completes)
     sleep_ms(300);
     int busy = pg_busy_backends("pgb_sleep");
     int alive = pgbouncer_alive();
-    int bad = pgb_log_bad() - bad_before;
+    int bad = pgbouncer_log_bad() - bad_before;
     int cancelled = pg_log_count("pgb_sleep", "canceling statement due to user request");
     pgbouncer_stop();
     fprintf(stderr, "psql through PgBouncer SIGTERM'd during pg_sleep: exit after %lld ms, "
@@ -415,7 +368,7 @@ static void matrix_case(int preload, enum mode m, enum transport t, enum via v, 
 Test(states, matrix_every_state_every_ending_every_transport, .timeout = 600)
 {
     pg_exec_ok("CREATE TABLE IF NOT EXISTS states_t (id int, tag text)");
-    pgbouncer_start();
+    cr_assert_eq(pgbouncer_start(), 0, "pgbouncer did not start");
 
     /* The difference lastcall makes, once: the same process without it. */
     struct outcome without;
@@ -439,7 +392,7 @@ Test(states, matrix_every_state_every_ending_every_transport, .timeout = 600)
     free(own.multi);
     free(own.err);
 
-    int pgb_bad_before = pgb_log_bad();
+    int pgb_bad_before = pgbouncer_log_bad();
     int failures = 0;
     for (int v = 0; v < V_COUNT; v++) {
         for (int t = 0; t < T_COUNT; t++) {
@@ -479,7 +432,7 @@ Test(states, matrix_every_state_every_ending_every_transport, .timeout = 600)
             }
         }
     }
-    int pgb_bad = pgb_log_bad() - pgb_bad_before;
+    int pgb_bad = pgbouncer_log_bad() - pgb_bad_before;
     int alive = pgbouncer_alive();
     pgbouncer_stop();
     cr_assert_eq(failures, 0, "%d matrix cases failed (see above)", failures);
