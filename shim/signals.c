@@ -144,7 +144,10 @@ static void normalize(const struct sigaction *act, struct sigaction *out)
 static int apply(int sig)
 {
     const struct sigaction *v = &virtual_act[sig];
-    if (disposition_of(v) == DISP_IGNORE) {
+    /* A drain waiting for a safe point keeps our handler: its retry comes as
+     * this signal, and a signal that found SIG_DFL has already doomed the
+     * process whatever the program now asks. */
+    if (disposition_of(v) == DISP_IGNORE && !lazy_drain_pending()) {
         struct sigaction ign = *v;
         ign.sa_flags &= ~(int)glibc_added_flags;
         return real_sigaction(sig, &ign, NULL);

@@ -10,6 +10,7 @@
  *     thread      the connections, then one thread of the program's own, then pause()
  *     exit-idle   a SIGALRM handler that calls exit(3), armed for 300 ms; pause()
  *     exit-libc   the same handler, armed every 3 ms while the loop of "libc" runs
+ *     flip        the loop of "libc", switching SIGTERM between SIG_DFL and SIG_IGN
  *
  * Every connection but in "queries" and "sleep" holds an open transaction
  * (PostgreSQL logs an abrupt end only of those). Every mode prints "tasks N"
@@ -52,11 +53,13 @@ static void *sleeper(void *arg)
     return NULL;
 }
 
-static void libc_loop(void)
+static void libc_loop(int flip)
 {
     char buf[4096], text[256];
     unsigned seed = (unsigned)getpid();
-    for (;;) {
+    for (long round = 0;; round++) {
+        if (flip && round % 64 == 0) /* phases of some 100 us, mostly inside libc */
+            signal(SIGTERM, round / 64 % 2 ? SIG_IGN : SIG_DFL);
         size_t n = 16 + (size_t)(rand_r(&seed) % 4000);
         char *p = malloc(n);
         if (p == NULL)
@@ -101,8 +104,9 @@ int main(int argc, char **argv)
     }
     printf("tasks %d\nready\n", tasks());
     fflush(stdout);
-    if (strcmp(mode, "libc") == 0 || strcmp(mode, "exit-libc") == 0)
-        libc_loop();
+    if (strcmp(mode, "libc") == 0 || strcmp(mode, "exit-libc") == 0 ||
+        strcmp(mode, "flip") == 0)
+        libc_loop(strcmp(mode, "flip") == 0);
     if (strcmp(mode, "queries") == 0)
         for (;;)
             for (int i = 0; i < npg; i++)

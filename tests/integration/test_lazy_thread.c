@@ -34,6 +34,21 @@ static int start(struct proc *p, int preload, const char *mode, const char *npg,
     return tasks_of(p);
 }
 
+/* Dead and not yet reaped (a zombie), without reaping it. */
+static int exited(pid_t pid)
+{
+    char path[64], buf[256];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return 1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *paren = strrchr(buf, ')');
+    return paren == NULL || paren[1] == '\0' || paren[2] == 'Z';
+}
+
 static int is_tsan(void)
 {
     return getenv("LASTCALL_TEST_TSAN") != NULL;
@@ -112,6 +127,29 @@ Test(lazy_thread, signals_inside_libc_are_drained)
 Test(lazy_thread, signals_inside_libpq_are_drained)
 {
     random_moments("queries", "lazy_queries", 25);
+}
+
+/* A program that switches SIGTERM between SIG_DFL and SIG_IGN: a SIGTERM that
+ * found SIG_DFL dooms the process even if the program ignores the signal a
+ * moment later, while the drain waits for a safe point (its retry comes as a
+ * SIGTERM; the kernel would drop it under SIG_IGN). */
+Test(lazy_thread, a_signal_that_found_sig_dfl_is_drained_whatever_comes_next)
+{
+    const char *env[] = {"LASTCALL_LOG=info", NULL};
+    for (int i = 0; i < 10; i++) {
+        struct proc p;
+        start(&p, 1, "flip", "2", "lazy_flip", env);
+        for (int tries = 0; tries < 200 && !exited(p.pid); tries++) {
+            kill(p.pid, SIGTERM);
+            sleep_ms(20);
+        }
+        int status = proc_wait(&p, 10000, NULL);
+        cr_assert(died_by(status, SIGTERM), "trial %d: status %d: %s", i, status, p.err);
+        cr_assert(strstr(p.err, "SIGTERM: drained 2 PostgreSQL") != NULL,
+                  "trial %d: died undrained: %s", i, p.err);
+    }
+    cr_assert_eq(pg_wait_backends_gone("lazy_flip", 10000), 0);
+    cr_assert_eq(pg_log_abrupt("lazy_flip"), 0);
 }
 
 Test(lazy_thread, a_running_query_is_cancelled_after_the_grace)
