@@ -98,7 +98,7 @@ Test(lazy_thread, the_programs_first_thread_brings_the_drain_thread)
 static void random_moments(const char *mode, const char *app, int trials)
 {
     const char *env[] = {"LASTCALL_LOG=info", NULL};
-    srand(42);
+    srand((unsigned)getpid());
     int drained = 0;
     for (int i = 0; i < trials; i++) {
         struct proc p;
@@ -119,14 +119,22 @@ static void random_moments(const char *mode, const char *app, int trials)
     fprintf(stderr, "%s: %d of %d SIGTERMs at random moments drained\n", mode, drained, trials);
 }
 
+/* 25 trials in the suite; LASTCALL_STRESS_TRIALS in the long run
+ * (`meson test -C build --suite stress`: 200). */
+static int trials(void)
+{
+    const char *t = getenv("LASTCALL_STRESS_TRIALS");
+    return t && atoi(t) > 0 ? atoi(t) : 25;
+}
+
 Test(lazy_thread, signals_inside_libc_are_drained)
 {
-    random_moments("libc", "lazy_libc", 25);
+    random_moments("libc", "lazy_libc", trials());
 }
 
 Test(lazy_thread, signals_inside_libpq_are_drained)
 {
-    random_moments("queries", "lazy_queries", 25);
+    random_moments("queries", "lazy_queries", trials());
 }
 
 /* A program that switches SIGTERM between SIG_DFL and SIG_IGN: a SIGTERM that
