@@ -26,7 +26,15 @@ static int remote_sig;
 /* What the program believes each managed signal's disposition is, held as
  * the kernel would hold it (see normalize()), so that a read-back through
  * sigaction() or signal() gives exactly what it gives without lastcall. */
-static struct sigaction virtual_act[NSIG];
+static struct sigaction virtual_table[NSIG] __attribute__((aligned(4096)));
+/* Rotated so that the usual managed signals (SIGTERM, SIGINT, the status
+ * signal SIGRTMAX-7, also SIGHUP, SIGQUIT, SIGUSR1/2) share one page: every
+ * process writes their entries at start-up, and each page first written is
+ * one more page fault (the table is 10 KiB). */
+static struct sigaction *vact(int sig)
+{
+    return &virtual_table[(sig + 8) % NSIG];
+}
 /* The program changed the disposition behind our back (a raw rt_sigaction
  * syscall): the kernel holds its choice, and we leave it there. */
 static int foreign[NSIG];
@@ -143,7 +151,7 @@ static void normalize(const struct sigaction *act, struct sigaction *out)
  * emulated (a kernel reset would let the next signal kill without a drain). */
 static int apply(int sig)
 {
-    const struct sigaction *v = &virtual_act[sig];
+    const struct sigaction *v = vact(sig);
     /* A drain waiting for a safe point keeps our handler: its retry comes as
      * this signal, and a signal that found SIG_DFL has already doomed the
      * process whatever the program now asks. */
@@ -196,11 +204,11 @@ static void resync_locked(int sig)
         return;
     }
     if (!foreign[sig] && disposition_of(&k) == DISP_IGNORE &&
-        disposition_of(&virtual_act[sig]) == DISP_IGNORE) {
+        disposition_of(vact(sig)) == DISP_IGNORE) {
         learn_glibc_additions(&k); /* we put it there, through glibc */
         return;
     }
-    virtual_act[sig] = k;
+    *vact(sig) = k;
     foreign[sig] = 1;
 }
 
@@ -243,11 +251,11 @@ LC_STARTUP void signals_install(const sigset_t *set, int status_signal)
             continue;
         /* One syscall: install ours and learn what was there. At exec only
          * SIG_DFL and SIG_IGN can be inherited; an ignored signal is put back. */
-        if (real_sigaction(sig, &ours, &virtual_act[sig]) != 0)
+        if (real_sigaction(sig, &ours, vact(sig)) != 0)
             continue;
         managed[sig] = 1;
-        if (disposition_of(&virtual_act[sig]) == DISP_IGNORE)
-            real_sigaction(sig, &virtual_act[sig], NULL);
+        if (disposition_of(vact(sig)) == DISP_IGNORE)
+            real_sigaction(sig, vact(sig), NULL);
     }
 }
 
@@ -431,7 +439,7 @@ static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
         errno = saved_errno;
         return;
     }
-    struct sigaction v = virtual_act[sig];
+    struct sigaction v = *vact(sig);
     if (sig == remote_sig) {
         if (status_is_request(sig, info)) {
             uint64_t none = 0, token = (uint64_t)(uintptr_t)info->si_value.sival_ptr;
@@ -450,7 +458,7 @@ static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
          * No drain: this signal is not one lastcall manages. */
         if (disposition_of(&v) == DISP_FUNCTION) {
             if (v.sa_flags & SA_RESETHAND)
-                virtual_act[sig].sa_handler = SIG_DFL;
+                vact(sig)->sa_handler = SIG_DFL;
             call_program(sig, &v, info, uctx);
         } else if (disposition_of(&v) == DISP_DEFAULT && getpid() != 1) {
             die_on_return(sig); /* as PID 1 the kernel would drop it */
@@ -465,7 +473,7 @@ static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
         errno = saved_errno;
         if (disposition_of(&v) == DISP_FUNCTION) {
             if (v.sa_flags & SA_RESETHAND)
-                virtual_act[sig].sa_handler = SIG_DFL;
+                vact(sig)->sa_handler = SIG_DFL;
             call_program(sig, &v, info, uctx);
         }
         return;
@@ -483,7 +491,7 @@ static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
         return;
     case DISP_FUNCTION:
         if (v.sa_flags & SA_RESETHAND)
-            virtual_act[sig].sa_handler = SIG_DFL; /* the kernel keeps the flags */
+            vact(sig)->sa_handler = SIG_DFL; /* the kernel keeps the flags */
         call_program(sig, &v, info, uctx);
         return;
     case DISP_DEFAULT:
@@ -533,14 +541,14 @@ LC_EXPORT int sigaction(int sig, const struct sigaction *act, struct sigaction *
     sigset_t saved;
     lock_table(&saved);
     resync_locked(sig);
-    struct sigaction was = virtual_act[sig];
+    struct sigaction was = *vact(sig);
     int r = 0;
     if (act) {
-        normalize(&want, &virtual_act[sig]);
+        normalize(&want, vact(sig));
         foreign[sig] = 0;
         r = apply(sig);
         if (r != 0)
-            virtual_act[sig] = was;
+            *vact(sig) = was;
     }
     unlock_table(&saved);
     if (oldact && r == 0)
