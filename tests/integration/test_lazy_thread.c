@@ -144,10 +144,17 @@ Test(lazy_thread, signals_inside_libpq_are_drained)
 Test(lazy_thread, a_signal_that_found_sig_dfl_is_drained_whatever_comes_next)
 {
     const char *env[] = {"LASTCALL_LOG=info", NULL};
+    /* Under a sanitizer nearly all of this loop is the runtime's malloc and
+     * memcpy (unsafe points): the drain may wait longer than the 20 ms
+     * between two signals, and a second managed signal ends the process at
+     * once, undrained, by design. */
+    if (getenv("LASTCALL_TEST_PRELOAD_FIRST"))
+        cr_skip_test("plain build only: safe points are rare under a sanitizer runtime");
     for (int i = 0; i < 10; i++) {
         struct proc p;
         start(&p, 1, "flip", "2", "lazy_flip", env);
-        for (int tries = 0; tries < 200 && !exited(p.pid); tries++) {
+        /* A SIGTERM that finds SIG_IGN is dropped: send until one finds SIG_DFL. */
+        for (int tries = 0; tries < 500 && !exited(p.pid); tries++) {
             kill(p.pid, SIGTERM);
             sleep_ms(20);
         }
