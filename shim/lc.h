@@ -13,6 +13,13 @@
  * over the library costs every process (a shell, /bin/true) more resident
  * memory and faults (issue 13). */
 #define LC_STARTUP __attribute__((section(".text.startup")))
+
+/* What pthread_atfork calls. pthread_atfork itself comes from
+ * libc_nonshared.a, linked at the far end of our code: calling it from a
+ * constructor faulted in one more 64 KiB window of it in every process. */
+extern int __register_atfork(void (*prepare)(void), void (*parent)(void), void (*child)(void),
+                             void *dso_handle);
+extern void *__dso_handle;
 #define LC_LIKELY(x) __builtin_expect(!!(x), 1)
 #define LC_UNLIKELY(x) __builtin_expect(!!(x), 0)
 

@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "got.h"
+#include "lc.h"
 #include "log.h"
 #include "runtime.h"
 #include "symbols.h"
@@ -374,13 +375,8 @@ __asm__(".text\n"
 #endif
 
 /* libc's dlsym is looked up at the first dlsym call, not here: every
- * process runs this, and most never call dlsym. pthread_atfork's copy from
- * libc_nonshared.a lies at the far end of our code (runtime.c says why that
- * matters); __register_atfork is what it calls. */
-extern int __register_atfork(void (*prepare)(void), void (*parent)(void), void (*child)(void),
-                             void *dso_handle);
-extern void *__dso_handle;
-
+ * process runs this, and most never call dlsym. __register_atfork rather
+ * than pthread_atfork: lc.h says why. */
 __attribute__((constructor)) static void reach_constructor(void)
 {
     __register_atfork(NULL, NULL, scan_atfork_child, __dso_handle);

@@ -146,13 +146,7 @@ static int entry_in_transaction(struct lc_entry *e)
     return k->in_transaction && k->in_transaction(e);
 }
 
-/* What pthread_atfork does, without its copy from libc_nonshared.a: that
- * copy is linked at the far end of our code, and calling it from the
- * constructor faulted in one more 64 KiB window of it in every process. */
-extern int __register_atfork(void (*prepare)(void), void (*parent)(void), void (*child)(void),
-                             void *dso_handle);
-extern void *__dso_handle;
-
+/* __register_atfork, not pthread_atfork: lc.h says why. */
 LC_STARTUP static void do_init(void)
 {
     config_from_env();
@@ -403,7 +397,7 @@ static int post_request_at(int sig, int64_t start_ms)
         wake_pipe[1] < 0)
         return -1;
     struct drain_request req = {.sig = sig, .start_ms = start_ms};
-    if (sig != REQ_STATUS)
+    if (sig >= REQ_EXIT) /* a drain, not a status request */
         __atomic_store_n(&drain_requested, 1, __ATOMIC_RELEASE);
     ssize_t w;
     do
@@ -434,14 +428,7 @@ void runtime_request_status(void)
 
 int runtime_request_remote_status(uint64_t token)
 {
-    if (!__atomic_load_n(&drain_thread_ok, __ATOMIC_ACQUIRE) || runtime_pid != getpid() || wake_pipe[1] < 0)
-        return -1;
-    struct drain_request req = {.sig = REQ_REMOTE_STATUS, .start_ms = (int64_t)token};
-    ssize_t w;
-    do
-        w = write(wake_pipe[1], &req, sizeof req);
-    while (w < 0 && errno == EINTR);
-    return w == (ssize_t)sizeof req ? 0 : -1;
+    return post_request_at(REQ_REMOTE_STATUS, (int64_t)token); /* the asker's token */
 }
 
 void runtime_log_open(int kind, const void *handle, const char *target, int failed, int ssl)

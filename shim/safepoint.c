@@ -271,8 +271,8 @@ int safepoint_divert(void *uctx, void (*fn)(void))
 static char retry_marker;
 static int retry_state;     /* 0: none, 1: being made, 2: made (for retry_pid) */
 static pid_t retry_pid;
-static int retry_timer;     /* the kernel's timer id */
-static int retry_sig;
+static int retry_timer;     /* the kernel's timer id; its signal is the first retried one,
+                             * and any retry does whatever work is pending */
 
 int safepoint_retry(int sig, long delay_us)
 {
@@ -294,13 +294,11 @@ int safepoint_retry(int sig, long delay_us)
             return -1;
         }
         retry_timer = id;
-        retry_sig = sig;
         retry_pid = self;
         __atomic_store_n(&retry_state, 2, __ATOMIC_RELEASE);
     }
     if (__atomic_load_n(&retry_state, __ATOMIC_ACQUIRE) != 2)
         return -1;
-    (void)retry_sig; /* the timer brings its own signal: any retry does the pending work */
     struct itimerspec when;
     memset(&when, 0, sizeof when);
     when.it_value.tv_sec = delay_us / 1000000;

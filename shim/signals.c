@@ -364,6 +364,15 @@ static enum delay_verdict stop_delay(int sig, siginfo_t **info)
 
 static void park_until_death(void);
 
+/* A status request that will not get its snapshot: the short answer, from
+ * here (async-signal-safe). */
+static void lazy_status_answer_short(void)
+{
+    uint64_t token = __atomic_exchange_n(&lazy_token, 0, __ATOMIC_ACQ_REL);
+    if (token)
+        status_answer_inline(token);
+}
+
 /* Runs on the interrupted thread once the handler has returned, outside
  * signal context, every signal blocked: the thread can be created here. Then
  * the work that waited for it: a `lastcall status` answer, a drain. */
@@ -400,9 +409,7 @@ static void lazy_try(int sig, void *uctx, const siginfo_t *delivered)
             return;
         }
     } else if (lc_now_ms() - lazy_token_ms >= 2000) {
-        uint64_t token = __atomic_exchange_n(&lazy_token, 0, __ATOMIC_ACQ_REL);
-        if (token)
-            status_answer_inline(token);
+        lazy_status_answer_short();
         return;
     }
     if (safepoint_is_safe(uctx, delivered)) {
@@ -414,13 +421,10 @@ static void lazy_try(int sig, void *uctx, const siginfo_t *delivered)
     }
     if (safepoint_retry(sig, LAZY_RETRY_US) == 0)
         return;
-    if (drain) {
+    if (drain)
         die_on_return(sig);
-    } else {
-        uint64_t token = __atomic_exchange_n(&lazy_token, 0, __ATOMIC_ACQ_REL);
-        if (token)
-            status_answer_inline(token);
-    }
+    else
+        lazy_status_answer_short();
 }
 
 static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)

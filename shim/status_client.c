@@ -27,6 +27,17 @@
  * the rest of the answer once it has begun. */
 #define ANSWER_READ_MS 15000
 
+/* A doubled array (FIRST elements the first time): the new pointer, or NULL
+ * with P and *CAP as they were. */
+static void *grow(void *p, size_t *cap, size_t elem, size_t first)
+{
+    size_t want = *cap ? *cap * 2 : first;
+    void *bigger = realloc(p, want * elem);
+    if (bigger != NULL)
+        *cap = want;
+    return bigger;
+}
+
 static int64_t mono_ms(void)
 {
     struct timespec ts;
@@ -70,14 +81,13 @@ static char *read_proc(pid_t pid, const char *name, int *err)
     while (buf && (r = fread(buf + len, 1, cap - len - 1, f)) > 0) {
         len += r;
         if (len + 1 == cap) {
-            char *bigger = realloc(buf, cap * 2);
+            char *bigger = grow(buf, &cap, 1, 0);
             if (bigger == NULL) {
                 free(buf);
                 buf = NULL;
                 break;
             }
             buf = bigger;
-            cap *= 2;
         }
     }
     *err = ferror(f) ? errno : 0;
@@ -256,11 +266,10 @@ static char *read_answer(int fd, int64_t until)
         if (r <= 0)
             break;
         if (len + 1 >= cap) {
-            char *bigger = realloc(buf, cap * 2);
+            char *bigger = grow(buf, &cap, 1, 0);
             if (bigger == NULL)
                 break;
             buf = bigger;
-            cap *= 2;
         }
         ssize_t got = read(fd, buf + len, cap - len - 1);
         if (got < 0 && errno == EINTR)
@@ -380,8 +389,7 @@ static int parse(char *text, struct answer *a)
             a->error = f[1];
         } else if (strcmp(f[0], "conn") == 0 && n >= 5) {
             if (a->n_conns == cap_c) {
-                cap_c = cap_c ? cap_c * 2 : 64;
-                struct conn *c = realloc(a->conns, cap_c * sizeof *c);
+                struct conn *c = grow(a->conns, &cap_c, sizeof *c, 64);
                 if (c == NULL)
                     return -1;
                 a->conns = c;
@@ -396,8 +404,7 @@ static int parse(char *text, struct answer *a)
             c->target = f[4];
         } else if (strcmp(f[0], "group") == 0 && n >= 6) {
             if (a->n_groups == cap_g) {
-                cap_g = cap_g ? cap_g * 2 : 16;
-                struct group *g = realloc(a->groups, cap_g * sizeof *g);
+                struct group *g = grow(a->groups, &cap_g, sizeof *g, 16);
                 if (g == NULL)
                     return -1;
                 a->groups = g;
