@@ -25,6 +25,7 @@
 __thread int lc_free_keeps_fd __attribute__((tls_model("initial-exec")));
 
 enum step {
+    STEP_WAITING,        /* not closing yet: the grace is running */
     STEP_CUT,
     STEP_CLOSING,
     STEP_FLUSH,          /* our output waits for the socket */
@@ -40,8 +41,42 @@ struct work {
     int fd;
     int step;
     int cancelled;   /* a cancel request was sent for it */
+    int abandoned;   /* the exiting thread was inside it: no thread will come back */
     int scratch;     /* the settle operation's own state */
 };
+
+/* Calls the exiting thread was inside (drain_abandon). */
+#define ABANDONED_MAX 8
+static void *abandoned[ABANDONED_MAX];
+static pid_t abandoned_pid;
+
+void drain_abandon(void *handle)
+{
+    if (handle == NULL || handle == LC_CONNECTING)
+        return;
+    pid_t self = getpid();
+    if (__atomic_load_n(&abandoned_pid, __ATOMIC_ACQUIRE) != self) {
+        for (int i = 0; i < ABANDONED_MAX; i++)
+            __atomic_store_n(&abandoned[i], NULL, __ATOMIC_RELAXED);
+        __atomic_store_n(&abandoned_pid, self, __ATOMIC_RELEASE);
+    }
+    for (int i = 0; i < ABANDONED_MAX; i++) {
+        void *none = NULL;
+        if (__atomic_compare_exchange_n(&abandoned[i], &none, handle, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE))
+            return;
+    }
+}
+
+static int is_abandoned(const void *handle)
+{
+    if (__atomic_load_n(&abandoned_pid, __ATOMIC_ACQUIRE) != getpid())
+        return 0;
+    for (int i = 0; i < ABANDONED_MAX; i++)
+        if (__atomic_load_n(&abandoned[i], __ATOMIC_ACQUIRE) == handle)
+            return 1;
+    return 0;
+}
 
 static const struct lc_kind *ops_for(const struct lc_entry *e)
 {
@@ -63,9 +98,12 @@ static void refresh_inside(void)
     n_inside = inflight_snapshot(inside, sizeof inside / sizeof inside[0]);
 }
 
+/* The exiting thread, frozen in exit(), is in an abandoned call: its slot
+ * says "inside" but nothing will ever happen there again, so the connection
+ * is treated as the async API's (the server's state alone decides). */
 static int thread_inside(const struct work *w)
 {
-    return inflight_contains(inside, n_inside, w->e->handle);
+    return !w->abandoned && inflight_contains(inside, n_inside, w->e->handle);
 }
 
 /* Threads inside a connect call: their connection is not ours yet. */
@@ -256,9 +294,12 @@ static void bounded_atfork_parent(void)
     pthread_mutex_unlock(&bounded_lock);
 }
 
+/* The forking thread took the lock in the prepare handler: it unlocks it,
+ * as every other fork handler does (re-initialising a mutex that is held is
+ * undefined, and ThreadSanitizer flags it). */
 static void bounded_atfork_child(void)
 {
-    pthread_mutex_init(&bounded_lock, NULL);
+    pthread_mutex_unlock(&bounded_lock);
 }
 
 /* Called with bounded_lock held. A fork child has no watchdog thread (and
@@ -416,70 +457,78 @@ static void discard_pending_input(struct work *works, size_t n)
     free(fds);
 }
 
-/* Runs the close until every work item is done or UNTIL_MS: flushing ends at
- * FLUSH_UNTIL (then cut), settling at SETTLE_UNTIL (then the plain goodbye). */
+/* One round of the close: every work item in a closing step advances, after
+ * a poll of at most MAX_WAIT_MS. Flushing ends at FLUSH_UNTIL (then cut),
+ * settling at SETTLE_UNTIL (then the plain goodbye). FDS and IDX hold N
+ * entries. Returns 0 when nothing is left to wait for, or UNTIL_MS passed. */
+static int close_round(struct work *works, size_t n, struct pollfd *fds, size_t *idx,
+                       int64_t flush_until, int64_t settle_until, int64_t until_ms,
+                       int max_wait_ms)
+{
+    size_t m = 0;
+    int consumed_pending = 0, settle_pending = 0;
+    int64_t now = lc_now_ms();
+    for (size_t i = 0; i < n; i++) {
+        struct work *w = &works[i];
+        if (w->step == STEP_FLUSH && now >= flush_until)
+            w->step = STEP_CUT;
+        if (w->step == STEP_SETTLE && now >= settle_until)
+            goodbye(w);
+        int s = w->step;
+        if (s != STEP_FLUSH && s != STEP_SETTLE && s != STEP_AWAIT_EOF &&
+            s != STEP_AWAIT_CONSUMED)
+            continue;
+        if (s == STEP_AWAIT_CONSUMED) {
+            if (discard_input(w->fd) || unsent_bytes(w->fd) == 0) {
+                w->step = STEP_DONE;
+                continue;
+            }
+            consumed_pending = 1;
+        }
+        if (s == STEP_SETTLE)
+            settle_pending = 1;
+        fds[m].fd = w->fd;
+        fds[m].events = s == STEP_FLUSH ? POLLOUT : POLLIN;
+        fds[m].revents = 0;
+        idx[m++] = i;
+    }
+    int64_t left = until_ms - now;
+    if (m == 0 || left <= 0)
+        return 0;
+    /* SIOCOUTQ draining raises no event: look again every millisecond.
+     * Settling may also wait on our own output (a ROLLBACK on a
+     * non-blocking connection): a short period covers it. */
+    int wait = consumed_pending ? 1 : settle_pending ? 5 : (left > 50 ? 50 : (int)left);
+    if (wait > max_wait_ms)
+        wait = max_wait_ms;
+    int r = poll(fds, m, wait);
+    if (r < 0 && errno != EINTR)
+        return 0;
+    for (size_t k = 0; k < m; k++) {
+        struct work *w = &works[idx[k]];
+        if (w->step == STEP_SETTLE) {
+            after_settle(w, w->ops->settle(w->e, w->fd, &w->scratch, settle_until));
+            continue;
+        }
+        if (fds[k].revents == 0)
+            continue;
+        if (w->step == STEP_FLUSH)
+            after_flush(w, w->ops->flush(w->e, w->fd, flush_until));
+        else if (discard_input(w->fd))
+            w->step = STEP_DONE;
+    }
+    return 1;
+}
+
+/* Runs the close until every work item is done or UNTIL_MS. */
 static void close_loop(struct work *works, size_t n, int64_t flush_until, int64_t settle_until,
                        int64_t until_ms)
 {
     struct pollfd *fds = calloc(n ? n : 1, sizeof *fds);
     size_t *idx = calloc(n ? n : 1, sizeof *idx);
-    if (fds == NULL || idx == NULL) {
-        free(fds);
-        free(idx);
-        return;
-    }
-    for (;;) {
-        size_t m = 0;
-        int consumed_pending = 0, settle_pending = 0;
-        int64_t now = lc_now_ms();
-        for (size_t i = 0; i < n; i++) {
-            struct work *w = &works[i];
-            if (w->step == STEP_FLUSH && now >= flush_until)
-                w->step = STEP_CUT;
-            if (w->step == STEP_SETTLE && now >= settle_until)
-                goodbye(w);
-            int s = w->step;
-            if (s != STEP_FLUSH && s != STEP_SETTLE && s != STEP_AWAIT_EOF &&
-                s != STEP_AWAIT_CONSUMED)
-                continue;
-            if (s == STEP_AWAIT_CONSUMED) {
-                if (discard_input(w->fd) || unsent_bytes(w->fd) == 0) {
-                    w->step = STEP_DONE;
-                    continue;
-                }
-                consumed_pending = 1;
-            }
-            if (s == STEP_SETTLE)
-                settle_pending = 1;
-            fds[m].fd = w->fd;
-            fds[m].events = s == STEP_FLUSH ? POLLOUT : POLLIN;
-            fds[m].revents = 0;
-            idx[m++] = i;
-        }
-        int64_t left = until_ms - now;
-        if (m == 0 || left <= 0)
-            break;
-        /* SIOCOUTQ draining raises no event: look again every millisecond.
-         * Settling may also wait on our own output (a ROLLBACK on a
-         * non-blocking connection): a short period covers it. */
-        int wait = consumed_pending ? 1 : settle_pending ? 5 : (left > 50 ? 50 : (int)left);
-        int r = poll(fds, m, wait);
-        if (r < 0 && errno != EINTR)
-            break;
-        for (size_t k = 0; k < m; k++) {
-            struct work *w = &works[idx[k]];
-            if (w->step == STEP_SETTLE) {
-                after_settle(w, w->ops->settle(w->e, w->fd, &w->scratch, settle_until));
-                continue;
-            }
-            if (fds[k].revents == 0)
-                continue;
-            if (w->step == STEP_FLUSH)
-                after_flush(w, w->ops->flush(w->e, w->fd, flush_until));
-            else if (discard_input(w->fd))
-                w->step = STEP_DONE;
-        }
-    }
+    if (fds != NULL && idx != NULL)
+        while (close_round(works, n, fds, idx, flush_until, settle_until, until_ms, 50))
+            ;
     free(fds);
     free(idx);
 }
@@ -612,6 +661,75 @@ int drain_close_by_program(struct lc_entry *info, int keep_fd, int64_t until_ms)
     return abandoned;
 }
 
+/* Idle in a transaction, and nobody can end it: from the start of a drain
+ * the gate stops every thread before its next call on the connection, so the
+ * transaction can never commit. Rolled back now, not after the grace: other
+ * threads' statements may be waiting for its row locks, and would otherwise
+ * spend the whole grace waiting (issue 19, case 8). */
+static void close_frozen_transactions(struct work *works, size_t n, int64_t flush_until)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct work *w = &works[i];
+        if (w->step != STEP_WAITING || w->ops->in_transaction == NULL || is_busy(w) ||
+            !w->ops->in_transaction(w->e))
+            continue;
+        w->step = STEP_CLOSING;
+        after_flush(w, w->ops->flush(w->e, w->fd, flush_until));
+    }
+}
+
+/* Cancel requests for the busy connections among WORKS that PICK selects;
+ * the rest of those busy ones are cut. Returns the job (or NULL). */
+static struct cancel_job *cancel_busy(struct work *works, size_t n, int (*pick)(const struct work *),
+                                      struct lc_drain_result *result, size_t *n_cancel)
+{
+    struct lc_entry **to_cancel = calloc(n ? n : 1, sizeof *to_cancel);
+    size_t nc = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct work *w = &works[i];
+        if (w->step != STEP_WAITING || w->cancelled || !pick(w) || !is_busy(w))
+            continue;
+        if (w->ops->cancel && to_cancel) {
+            to_cancel[nc++] = w->e;
+            w->cancelled = 1;
+        } else {
+            shutdown(w->fd, SHUT_RDWR);
+            w->step = STEP_DONE;
+            result->cut++;
+        }
+    }
+    struct cancel_job *job = start_cancels(to_cancel, nc, NULL);
+    free(to_cancel);
+    result->cancelled += nc;
+    *n_cancel = nc;
+    return job;
+}
+
+static int pick_abandoned(const struct work *w)
+{
+    return w->abandoned;
+}
+
+static int pick_any(const struct work *w)
+{
+    (void)w;
+    return 1;
+}
+
+/* Waits until nothing is busy or UNTIL_MS, closing frozen transactions and
+ * advancing their closes meanwhile. Returns how many are still busy. */
+static size_t wait_busy(struct work *works, size_t n, struct pollfd *fds, size_t *idx,
+                        int64_t until_ms, int64_t close_until)
+{
+    size_t busy;
+    while ((busy = count_busy(works, n)) > 0 && lc_now_ms() < until_ms) {
+        close_frozen_transactions(works, n, close_until);
+        if (!close_round(works, n, fds, idx, close_until, close_until, close_until, 1))
+            sleep_ms(1);
+    }
+    return busy;
+}
+
 void drain_run(int mode, int64_t start_ms, struct lc_drain_result *result)
 {
     memset(result, 0, sizeof *result);
@@ -632,9 +750,13 @@ void drain_run(int mode, int64_t start_ms, struct lc_drain_result *result)
     size_t cap = registry_count_owned(self) + 16;
     struct lc_entry **entries = calloc(cap, sizeof *entries);
     struct work *works = calloc(cap, sizeof *works);
-    if (entries == NULL || works == NULL) {
+    struct pollfd *fds = calloc(cap, sizeof *fds);
+    size_t *idx = calloc(cap, sizeof *idx);
+    if (entries == NULL || works == NULL || fds == NULL || idx == NULL) {
         free(entries);
         free(works);
+        free(fds);
+        free(idx);
         gate_finish();
         return;
     }
@@ -643,7 +765,8 @@ void drain_run(int mode, int64_t start_ms, struct lc_drain_result *result)
         works[i].e = entries[i];
         works[i].ops = ops_for(entries[i]);
         works[i].fd = works[i].ops->socket_fd(entries[i]);
-        works[i].step = works[i].fd >= 0 ? STEP_FLUSH : STEP_DONE;
+        works[i].step = works[i].fd >= 0 ? STEP_WAITING : STEP_DONE;
+        works[i].abandoned = mode == LC_GATE_EXIT && is_abandoned(entries[i]->handle);
     }
     /* close_first kinds (PostgreSQL) first: each goodbye wakes a backend that then spends a
      * millisecond or so exiting; started early, those exits overlap our work
@@ -652,38 +775,27 @@ void drain_run(int mode, int64_t start_ms, struct lc_drain_result *result)
     phase_event("start", start_ms, n, "drain: %zu connection%s, deadline %lld ms, grace %lld ms",
                 n, n == 1 ? "" : "s", (long long)lc_cfg.deadline_ms, (long long)lc_cfg.grace_ms);
 
-    /* Phase grace: in-flight queries and commands may finish. */
-    size_t busy;
-    while ((busy = count_busy(works, n)) > 0 && lc_now_ms() < grace_end)
-        sleep_ms(1);
+    /* A call the exiting thread abandoned gets no grace: nobody waits for its
+     * answer, so a running query is cancelled at once. */
+    size_t n_early;
+    refresh_inside();
+    struct cancel_job *early = cancel_busy(works, n, pick_abandoned, result, &n_early);
+    const int64_t close_until = deadline - reserve / 2;
+
+    /* Phase grace: in-flight queries and commands may finish; transactions
+     * nobody can end any more are rolled back meanwhile. */
+    size_t busy = wait_busy(works, n, fds, idx, grace_end, close_until);
     phase_event("grace", start_ms, busy, "drain: grace over, %zu still busy", busy);
 
     /* Phase cancel: a kind with a cancel (PostgreSQL, MySQL) gets a cancel
      * request; the others (Redis) are cut. */
     struct cancel_job *job = NULL;
     if (busy > 0) {
-        struct lc_entry **to_cancel = calloc(n, sizeof *to_cancel);
-        size_t nc = 0;
-        for (size_t i = 0; i < n; i++) {
-            struct work *w = &works[i];
-            if (w->step == STEP_DONE || !is_busy(w))
-                continue;
-            if (w->ops->cancel && to_cancel) {
-                to_cancel[nc++] = w->e;
-                w->cancelled = 1;
-            } else {
-                shutdown(w->fd, SHUT_RDWR);
-                w->step = STEP_DONE;
-                result->cut++;
-            }
-        }
-        job = start_cancels(to_cancel, nc, NULL);
-        free(to_cancel);
-        result->cancelled = nc;
+        size_t nc;
+        job = cancel_busy(works, n, pick_any, result, &nc);
         phase_event("cancel", start_ms, nc, "drain: %zu cancel request%s, %lu cut", nc,
                     nc == 1 ? "" : "s", result->cut);
-        while (count_busy(works, n) > 0 && lc_now_ms() < close_start)
-            sleep_ms(1);
+        wait_busy(works, n, fds, idx, close_start, close_until);
     }
 
     refresh_inside();
@@ -696,8 +808,8 @@ void drain_run(int mode, int64_t start_ms, struct lc_drain_result *result)
     const int live_child = kernel_may_close && has_live_child();
     for (size_t i = 0; i < n; i++) {
         struct work *w = &works[i];
-        if (w->step == STEP_DONE)
-            continue;
+        if (w->step != STEP_WAITING)
+            continue; /* done, or closing since the grace */
         if (thread_inside(w)) {
             shutdown(w->fd, SHUT_RDWR);
             w->step = STEP_DONE;
@@ -712,7 +824,8 @@ void drain_run(int mode, int64_t start_ms, struct lc_drain_result *result)
         w->step = STEP_CLOSING;
         after_flush(w, w->ops->flush(w->e, w->fd, deadline - reserve / 2));
     }
-    close_loop(works, n, deadline - reserve / 2, deadline - reserve / 2, deadline);
+    while (close_round(works, n, fds, idx, close_until, close_until, deadline, 50))
+        ;
 
     if (to_kernel > 0)
         LC_DEBUG("drain: %zu idle connection%s left to the kernel's close at exit", to_kernel,
@@ -725,7 +838,7 @@ void drain_run(int mode, int64_t start_ms, struct lc_drain_result *result)
     for (size_t i = 0; i < n; i++) {
         struct work *w = &works[i];
         if (w->fd >= 0 && w->step != STEP_DONE) {
-            static const char *const step_names[] = {"broken", "closing", "flushing",
+            static const char *const step_names[] = {"waiting", "broken", "closing", "flushing",
                                                      "settling", "awaiting EOF",
                                                      "awaiting the server's read", "done"};
             LC_DEBUG("cut %s %p at the deadline (%s)", w->ops->name, w->e->handle,
@@ -737,7 +850,10 @@ void drain_run(int mode, int64_t start_ms, struct lc_drain_result *result)
     }
     /* A cancel request still on its way completes (or the deadline passes)
      * before the process may die. */
+    cancels_wait(early, deadline);
     cancels_wait(job, deadline);
+    if (early)
+        job_release(early);
     if (job)
         job_release(job);
     registry_release_drained(entries, n);
@@ -745,4 +861,6 @@ void drain_run(int mode, int64_t start_ms, struct lc_drain_result *result)
     phase_event("close", start_ms, n, "drain: closed %zu, %lu cut", n, result->cut);
     free(entries);
     free(works);
+    free(fds);
+    free(idx);
 }

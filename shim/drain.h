@@ -51,6 +51,12 @@ int bounded_end(int slot);
  * signal arrived or exit() was called: the deadline counts from there. */
 void drain_run(int mode, int64_t start_ms, struct lc_drain_result *result);
 
+/* HANDLE (NULL: none) is a call the thread running exit() was inside: it
+ * never returns to it (exit() from a signal handler or a callback that
+ * interrupted PQexec). The next drain in this process does not wait for it:
+ * a running query is cancelled at once. Async-signal-safe. */
+void drain_abandon(void *handle);
+
 /* A connect that was under way when the gate closed has just returned HANDLE
  * (tracked by now): close it the way the drain would, at once. */
 void drain_close_late(void *handle);

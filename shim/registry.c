@@ -200,7 +200,13 @@ int registry_take(void *handle, int64_t wait_until_ms, struct lc_entry *info)
         e = NULL;
         HASH_FIND_PTR(table, &handle, e);
     }
-    if (e) {
+    int r = e != NULL;
+    if (e && e->pub.state == LC_ENTRY_DRAINING) {
+        /* The drain still holds this entry (its pointer, the connection):
+         * removing it would free memory the drain reads, and the caller's
+         * real free would free the connection under it. Left as it is. */
+        r = -1;
+    } else if (e) {
         if (info) {
             *info = e->pub;
             info->stack = NULL;
@@ -209,7 +215,7 @@ int registry_take(void *handle, int64_t wait_until_ms, struct lc_entry *info)
         entry_remove_locked(e);
     }
     pthread_mutex_unlock(&registry_lock);
-    return e != NULL;
+    return r;
 }
 
 unsigned long registry_owned_live(void)

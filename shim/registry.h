@@ -65,7 +65,9 @@ int registry_set_connected(void *handle, int failed, int fd, const char *target,
  * drain will not see it again). Waits first, bounded by wait_until_ms
  * (monotonic), while a drain owns it. Returns 1 if it was tracked; *info (if
  * given) then gets a copy of the entry without its stack, whose cancel object
- * the caller frees. */
+ * the caller frees. Returns 0 if it was not tracked, and -1 if a drain still
+ * owns it at WAIT_UNTIL_MS: the entry stays, and the caller must not free the
+ * handle (the drain may still be using it). */
 int registry_take(void *handle, int64_t wait_until_ms, struct lc_entry *info);
 
 /* This process's pid, cached (refreshed in a fork child). */

@@ -16,6 +16,7 @@
 #include <sys/single_threaded.h>
 #include <unistd.h>
 
+#include "deadline.h"
 #include "helper_thread.h"
 #include "../include/lastcall.h"
 #include "drain.h"
@@ -307,7 +308,7 @@ static void start_drain_thread(void)
                 strerror(errno));
 }
 
-static void exit_drain(void);
+static void exit_drain(int status, void *unused);
 
 /* Whether the drain thread can wait until a drain needs it. A thread makes
  * glibc's malloc take locks and atomics on every call from then on (+132
@@ -350,6 +351,23 @@ void runtime_on_program_thread(void)
         runtime_start_drain_thread();
 }
 
+/* on_exit, not atexit: the kernel's deadline (deadline.h) must end the
+ * process with exit()'s own status, which only on_exit hands over. */
+static void register_exit_drain(void)
+{
+#ifdef __GLIBC__
+    on_exit(exit_drain, NULL);
+#else
+    atexit(exit_drain_no_status);
+#endif
+}
+
+int64_t lc_deadline_budget_ms(void)
+{
+    return lc_cfg.deadline_ms + LC_DEADLINE_MARGIN_MS +
+           (lc_cfg.report_path ? LC_REPORT_ALLOWANCE_MS : 0);
+}
+
 void runtime_on_connect(int uses_ssl)
 {
     pid_t self = registry_self_pid();
@@ -366,13 +384,13 @@ void runtime_on_connect(int uses_ssl)
         }
         /* Registered after the first connect, so it runs before _dl_fini and
          * before any exit cleanup registered by the libraries we watch. */
-        atexit(exit_drain);
+        register_exit_drain();
         __atomic_store_n(&runtime_pid, self, __ATOMIC_RELEASE);
     }
     if (uses_ssl && !ssl_atexit_registered) {
         /* OpenSSL registers its cleanup at the first SSL attempt; ours must run
          * first, so it goes on the atexit list again, after OpenSSL's. */
-        atexit(exit_drain);
+        register_exit_drain();
         __atomic_store_n(&ssl_atexit_registered, 1, __ATOMIC_RELEASE);
     }
     pthread_mutex_unlock(&runtime_lock);
@@ -484,8 +502,17 @@ int runtime_free_tracked(void *handle, int (*do_free)(void *), struct lc_entry *
     /* While the drain owns this connection we are not inside the library: say
      * so, or the drain would wait for us while we wait for it. */
     void *self = inflight_suspend();
-    *tracked = registry_take(handle, lc_now_ms() + lc_cfg.deadline_ms + 100, info);
+    int taken = registry_take(handle, lc_now_ms() + lc_cfg.deadline_ms + 100, info);
     inflight_resume(self);
+    if (taken < 0) {
+        /* A drain still owns it past its deadline (the kernel's timer ends
+         * the process at any moment now): freeing it would pull the
+         * connection from under the drain. It is left allocated. */
+        *tracked = 0;
+        INFLIGHT_LEAVE(handle);
+        return 0;
+    }
+    *tracked = taken;
     /* Once shutdown has begun, the program's own close is made the drain's
      * close: a running query is cancelled, buffered output is written (see
      * DESIGN.md for why not outside shutdown). Bounded by the deadline,
@@ -521,8 +548,49 @@ void runtime_touch(void *handle)
  * process without a drain thread (single-threaded, safepoint.h) drains on
  * the exiting thread, unless exit() was called from a handler that
  * interrupted libc, the loader or the allocator mid-change. */
-static void exit_drain(void)
+/* The kernel ends the process at the deadline with exit()'s STATUS if our
+ * drain, or what exit() runs after it, is stuck: a drain thread waiting for a
+ * lock, a destructor's free() waiting for the arena lock that the malloc a
+ * program's handler interrupted holds (exit() from a signal handler). The
+ * timer's signal is delivered to this thread, which then keeps it unblocked
+ * until the end. */
+static void arm_exit_deadline(int status, int64_t start_ms)
 {
+    int sig = signals_deadline_signal();
+    if (sig <= 0)
+        return;
+    sigset_t one;
+    sigemptyset(&one);
+    sigaddset(&one, sig);
+    pthread_sigmask(SIG_UNBLOCK, &one, NULL);
+    struct lc_deadline_end by_status = {.sig = 0, .status = status};
+    deadline_arm(sig, start_ms + lc_deadline_budget_ms(), by_status);
+}
+
+/* Sanitizer runtimes and valgrind do their own work after exit()'s handlers
+ * (TSan's race summary and exit code, memcheck's leak check): there the timer
+ * covers our drain only, not the rest of exit(). */
+static int under_valgrind(void)
+{
+    for (char **e = environ; e && *e; e++)
+        if (strncmp(*e, "LD_PRELOAD=", 11) == 0 && strstr(*e, "vgpreload_"))
+            return 1;
+    return 0;
+}
+
+static void exit_deadline_after_drain(void)
+{
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    deadline_disarm();
+#else
+    if (under_valgrind())
+        deadline_disarm();
+#endif
+}
+
+static void exit_drain(int status, void *unused)
+{
+    (void)unused;
     if (!lc_active() || (registry_owned_live() == 0 && lc_cfg.report_path == NULL))
         return;
     pid_t self = getpid();
@@ -534,9 +602,14 @@ static void exit_drain(void)
         for (;;)
             pause();
     }
+    int64_t start_ms = lc_now_ms();
+    arm_exit_deadline(status, start_ms);
     gate_set_exiting_thread();
+    /* This thread is running exit(): a call it was inside (exit() from a
+     * handler or a callback that interrupted PQexec) never returns. */
+    drain_abandon(__atomic_load_n(&lc_inflight, __ATOMIC_ACQUIRE));
     __atomic_store_n(&exit_started_pid, self, __ATOMIC_RELEASE);
-    if (post_request(REQ_EXIT) != 0) {
+    if (post_request_at(REQ_EXIT, start_ms) != 0) {
         if (!safepoint_exit_is_safe()) {
             LC_INFO("exit() from a signal handler that interrupted libc: %lu connection%s "
                     "left to the kernel's close", registry_owned_live(),
@@ -554,7 +627,7 @@ static void exit_drain(void)
         pthread_sigmask(SIG_BLOCK, &pipe_only, &saved);
         int was_pending = sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1;
         struct lc_drain_result result;
-        drain_run(LC_GATE_EXIT, lc_now_ms(), &result);
+        drain_run(LC_GATE_EXIT, start_ms, &result);
         log_result("exit", &result);
         gate_finish();
         report_write();
@@ -562,10 +635,12 @@ static void exit_drain(void)
         while (!was_pending && sigtimedwait(&pipe_only, NULL, &none) == SIGPIPE)
             ;
         pthread_sigmask(SIG_SETMASK, &saved, NULL);
+        exit_deadline_after_drain();
         return;
     }
-    /* Symbolizing a report may take a few seconds more (addr2line). */
-    int64_t until = lc_now_ms() + lc_cfg.deadline_ms + 50 + (lc_cfg.report_path ? 5000 : 0);
+    /* Symbolizing a report may take a few seconds more (addr2line). Past
+     * this the kernel's timer ends the process with STATUS. */
+    int64_t until = start_ms + lc_deadline_budget_ms();
     for (;;) {
         int64_t left = until - lc_now_ms();
         if (left <= 0)
@@ -584,7 +659,16 @@ static void exit_drain(void)
         if (r < 0 && errno != EINTR)
             break;
     }
+    exit_deadline_after_drain();
 }
+
+#ifndef __GLIBC__
+/* Without on_exit the status is not known: 0, as most exits are. */
+static void exit_drain_no_status(void)
+{
+    exit_drain(0, NULL);
+}
+#endif
 
 /* ---- public API ---- */
 

@@ -16,6 +16,12 @@ extern __thread int lc_depth __attribute__((tls_model("initial-exec")));
 
 void runtime_init(void);
 
+/* Writing the leak report (symbolizing stacks with addr2line, bounded per
+ * module) may take this much on top of the deadline. */
+#define LC_REPORT_ALLOWANCE_MS 5000
+/* From a drain's start to the kernel's end of the process (deadline.h). */
+int64_t lc_deadline_budget_ms(void);
+
 static inline int lc_active(void)
 {
     if (__builtin_expect(!__atomic_load_n(&lc_initialized, __ATOMIC_ACQUIRE), 0))

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "deadline.h"
 #include "inflight.h"
 #include "lc.h"
 #include "registry.h"
@@ -431,6 +432,14 @@ static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
 {
     int saved_errno = errno;
     const siginfo_t *delivered = info; /* the stop delay may swap INFO */
+    struct lc_deadline_end end;
+    if (deadline_is_expiry(info, &end)) {
+        /* The drain overran its deadline (stuck on a lock, a library, a
+         * server): the process ends now, as it would have ended. */
+        if (end.sig > 0)
+            signals_die(end.sig);
+        _exit(end.status);
+    }
     if (safepoint_is_retry(info)) {
         if ((lazy_drain_pending() || __atomic_load_n(&lazy_token, __ATOMIC_ACQUIRE)) &&
             !runtime_drain_requested())
@@ -507,6 +516,10 @@ static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
         errno = saved_errno;
         return;
     }
+    /* Armed on this thread, which from here on is parked with SIG
+     * deliverable, or goes on inside a library call whose hook parks it. */
+    struct lc_deadline_end by_signal = {.sig = sig};
+    deadline_arm(sig, lc_now_ms() + lc_deadline_budget_ms(), by_signal);
     if (runtime_request_signal_drain(sig) != 0) {
         if (__atomic_load_n(&lazy_pid, __ATOMIC_ACQUIRE) != getpid())
             __atomic_store_n(&lazy_sig, 0, __ATOMIC_RELEASE); /* a fork child's own drain */
@@ -663,4 +676,31 @@ LC_EXPORT int siginterrupt(int sig, int interrupt)
         sa.sa_flags |= SA_RESTART;
     }
     return sigaction(sig, &sa, NULL) < 0 ? -1 : 0;
+}
+
+int signals_deadline_signal(void)
+{
+    /* The status signal is ours from start-up; its handler already does
+     * nothing for a program's SIG_IGN, so the kernel entry can be ours even
+     * then (no exec follows: the process is exiting). */
+    int sig = is_managed(remote_sig) ? remote_sig : 0;
+    for (int s = 1; sig == 0 && s < NSIG; s++)
+        if (managed[s] && s != status_sig)
+            sig = s;
+    if (sig == 0)
+        return 0;
+    struct sigaction k;
+    if (real_sigaction(sig, NULL, &k) != 0)
+        return 0;
+    if (!((k.sa_flags & SA_SIGINFO) && k.sa_sigaction == lc_signal_handler)) {
+        if (foreign[sig])
+            return 0; /* the program's own, set behind our back */
+        struct sigaction ours;
+        memset(&ours, 0, sizeof ours);
+        ours.sa_sigaction = lc_signal_handler;
+        ours.sa_flags = SA_SIGINFO | SA_RESTART;
+        if (real_sigaction(sig, &ours, NULL) != 0)
+            return 0;
+    }
+    return sig;
 }

@@ -22,4 +22,9 @@ void signals_resync(void);
  * drains: from then on the process is shutting down. Async-signal-safe. */
 int signals_shutdown_started(void);
 
+/* A signal for the kernel's deadline timer (deadline.h) during an exit drain:
+ * its kernel entry is (made) our handler. 0 when there is none. Not from a
+ * signal handler of ours. */
+int signals_deadline_signal(void);
+
 #endif

@@ -147,3 +147,25 @@ Test(registry, fork_child_owns_nothing)
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     cr_assert_eq(registry_owned_live(), 1);
 }
+
+/* A free that times out while the drain still owns the entry must leave it
+ * alone: the drain keeps reading it (and the connection) until it releases
+ * it. It used to be removed and recycled under the drain. */
+Test(registry, take_timing_out_while_draining_leaves_the_entry)
+{
+    int a;
+    registry_add(&a, LC_KIND_PQ, 0, 0, 5, "a", NULL, NULL);
+    struct lc_entry *out[1];
+    cr_assert_eq(registry_claim_for_drain(getpid(), out, 1), 1);
+    struct lc_entry info;
+    cr_assert_eq(registry_take(&a, lc_now_ms() + 20, &info), -1);
+    cr_assert_eq(out[0]->state, LC_ENTRY_DRAINING, "the drain's entry was touched");
+    cr_assert_eq(out[0]->handle, (void *)&a);
+    cr_assert_eq(registry_owned_live(), 1);
+    /* The entry is not on the free list: a new one gets other memory. */
+    int b;
+    struct lc_entry *other = registry_add(&b, LC_KIND_PQ, 0, 0, 6, "b", NULL, NULL);
+    cr_assert_neq(other, out[0]);
+    registry_release_drained(out, 1);
+    cr_assert_eq(registry_take(&a, 0, NULL), 1);
+}
