@@ -8,20 +8,32 @@ __thread int lc_creating_helper __attribute__((tls_model("initial-exec")));
 
 int lc_helper_thread(void *(*fn)(void *), void *arg, size_t stack_size)
 {
-    /* A new thread inherits the creating thread's mask: block everything for
-     * the instant of the creation, then give the caller its own back. */
-    sigset_t all, old;
+    sigset_t all;
     sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     pthread_attr_setstacksize(&attr, stack_size);
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 32)
+    /* The new thread starts with every signal blocked, and the creating
+     * thread's own mask stays as it is: the kernel's deadline timer
+     * (deadline.h) must reach it even if creating the thread blocks (an
+     * allocator, a lock). */
+    int masked = pthread_attr_setsigmask_np(&attr, &all) == 0;
+#else
+    int masked = 0;
+#endif
+    /* Otherwise a new thread inherits the creating thread's mask: block
+     * everything for the instant of the creation, then give it back. */
+    sigset_t old;
+    if (!masked)
+        pthread_sigmask(SIG_BLOCK, &all, &old);
     pthread_t tid;
     lc_creating_helper = 1;
     int r = pthread_create(&tid, &attr, fn, arg);
     lc_creating_helper = 0;
     pthread_attr_destroy(&attr);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (!masked)
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
     return r;
 }

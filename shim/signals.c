@@ -379,6 +379,15 @@ static void lazy_status_answer_short(void)
  * the work that waited for it: a `lastcall status` answer, a drain. */
 static void lazy_landing(void)
 {
+    if (lazy_drain_pending()) {
+        /* The kernel's deadline timer delivers the drain's signal to this
+         * thread: starting the drain thread could block (an allocator, a
+         * lock), and nothing may keep the timer from ending the process. */
+        sigset_t one;
+        sigemptyset(&one);
+        sigaddset(&one, __atomic_load_n(&lazy_sig, __ATOMIC_ACQUIRE));
+        pthread_sigmask(SIG_UNBLOCK, &one, NULL);
+    }
     int ok = runtime_start_drain_thread() == 0;
     uint64_t token = __atomic_exchange_n(&lazy_token, 0, __ATOMIC_ACQ_REL);
     if (token && (!ok || runtime_request_remote_status(token) != 0))

@@ -1,0 +1,192 @@
+/* Programs that hung, or ended later or worse, under lastcall (issue 19),
+ * each a mode; run with and without the shim by tests/integration/test_hangs.c.
+ *
+ *   hang_client stall-signal|stall-exit   a transaction open, then every later
+ *       allocation blocks forever (stall_alloc.so, preloaded by the test): a
+ *       drain that allocates is stuck; SIGTERM, or exit(7)
+ *   hang_client plugin-sleep PLUGIN       a transaction open, then dlopen of a
+ *       plugin whose constructor sleeps (ld.so's load lock held): SIGTERM then
+ *   hang_client exit-in-malloc            exit(3) from a SIGALRM handler that
+ *       interrupts malloc/free at a random moment
+ *   hang_client abandon                   exit(4) from a SIGALRM handler that
+ *       interrupts PQexec(pg_sleep) on the same thread
+ *   hang_client frozen-tx                 one thread idle in a transaction
+ *       holding a row lock, two threads' UPDATEs waiting for it: SIGTERM
+ *
+ * Connects with PQconnectdb("") (PGHOST, PGPORT... from the harness). Prints
+ * "ready" when the test may act. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+static PGconn *connect_or_die(void)
+{
+    PGconn *c = PQconnectdb("");
+    if (PQstatus(c) != CONNECTION_OK) {
+        fprintf(stderr, "hang_client: connect: %s", PQerrorMessage(c));
+        exit(2);
+    }
+    return c;
+}
+
+static void exec_or_die(PGconn *c, const char *sql)
+{
+    PGresult *r = PQexec(c, sql);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) {
+        fprintf(stderr, "hang_client: %s: %s", sql, PQerrorMessage(c));
+        exit(2);
+    }
+    PQclear(r);
+}
+
+static void ready(void)
+{
+    printf("ready\n");
+    fflush(stdout);
+}
+
+static void stall(int then_exit)
+{
+    PGconn *c = connect_or_die();
+    exec_or_die(c, "BEGIN");
+    exec_or_die(c, "SELECT 1");
+    void (*stall_all)(void) = (void (*)(void))dlsym(RTLD_DEFAULT, "stall_alloc_begin");
+    if (stall_all == NULL) {
+        fprintf(stderr, "hang_client: stall_alloc.so is not preloaded\n");
+        exit(2);
+    }
+    stall_all();
+    /* write(), not stdio: stdio may allocate. */
+    static const char msg[] = "ready\n";
+    (void)!write(1, msg, sizeof msg - 1);
+    if (then_exit)
+        exit(7);
+    for (;;)
+        pause();
+}
+
+static void plugin_sleep(const char *plugin)
+{
+    PGconn *c = connect_or_die();
+    exec_or_die(c, "BEGIN");
+    exec_or_die(c, "SELECT 1");
+    ready();
+    void *h = dlopen(plugin, RTLD_NOW);
+    printf("loaded %s\n", h ? "ok" : dlerror());
+    fflush(stdout);
+    PQfinish(c);
+    exit(0);
+}
+
+static void exit_3(int sig)
+{
+    (void)sig;
+    exit(3);
+}
+
+static void exit_in_malloc(void)
+{
+    PGconn *c = connect_or_die();
+    exec_or_die(c, "SELECT 1");
+    signal(SIGALRM, exit_3);
+    srand((unsigned)getpid() ^ (unsigned)time(NULL));
+    ready();
+    struct itimerval it = {{0, 0}, {0, 1000 + rand() % 20000}};
+    setitimer(ITIMER_REAL, &it, NULL);
+    void *keep[64] = {0};
+    for (unsigned i = 0;; i++) {
+        size_t k = i % 64;
+        free(keep[k]);
+        keep[k] = malloc(16 + (i * 7919) % 4000);
+    }
+}
+
+static void exit_4(int sig)
+{
+    (void)sig;
+    exit(4);
+}
+
+static void abandon(void)
+{
+    PGconn *c = connect_or_die();
+    signal(SIGALRM, exit_4);
+    ready();
+    alarm(1);
+    PQclear(PQexec(c, "SELECT pg_sleep(30)"));
+    fprintf(stderr, "hang_client: the query returned\n");
+    exit(2);
+}
+
+static void *locker(void *arg)
+{
+    (void)arg;
+    PGconn *c = connect_or_die();
+    exec_or_die(c, "BEGIN");
+    exec_or_die(c, "UPDATE hang_rows SET v = v + 1 WHERE id = 1");
+    printf("locked\n");
+    fflush(stdout);
+    for (;;)
+        pause(); /* idle in the transaction, in the program's own code */
+    return NULL;
+}
+
+static void *waiter(void *arg)
+{
+    PGconn *c = arg;
+    exec_or_die(c, "BEGIN");
+    PGresult *r = PQexec(c, "UPDATE hang_rows SET v = v + 1 WHERE id = 1");
+    printf("waiter: %s\n", PQresStatus(PQresultStatus(r)));
+    fflush(stdout);
+    PQclear(r);
+    exec_or_die(c, "COMMIT");
+    return NULL;
+}
+
+static void frozen_tx(void)
+{
+    PGconn *setup = connect_or_die();
+    exec_or_die(setup, "CREATE TABLE IF NOT EXISTS hang_rows (id int PRIMARY KEY, v int)");
+    exec_or_die(setup, "INSERT INTO hang_rows VALUES (1, 0) ON CONFLICT DO NOTHING");
+    PGconn *w[2] = {connect_or_die(), connect_or_die()};
+    pthread_t t;
+    pthread_create(&t, NULL, locker, NULL);
+    struct timespec ts = {0, 200 * 1000000};
+    nanosleep(&ts, NULL);
+    for (int i = 0; i < 2; i++)
+        pthread_create(&t, NULL, waiter, w[i]);
+    /* Both UPDATEs are waiting for the row lock once the test sees them in
+     * pg_stat_activity; it sends SIGTERM then. */
+    ready();
+    for (;;)
+        pause();
+}
+
+int main(int argc, char **argv)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    const char *mode = argc > 1 ? argv[1] : "";
+    if (strcmp(mode, "stall-signal") == 0)
+        stall(0);
+    else if (strcmp(mode, "stall-exit") == 0)
+        stall(1);
+    else if (strcmp(mode, "plugin-sleep") == 0 && argc > 2)
+        plugin_sleep(argv[2]);
+    else if (strcmp(mode, "exit-in-malloc") == 0)
+        exit_in_malloc();
+    else if (strcmp(mode, "abandon") == 0)
+        abandon();
+    else if (strcmp(mode, "frozen-tx") == 0)
+        frozen_tx();
+    fprintf(stderr, "usage: hang_client stall-signal|stall-exit|plugin-sleep PLUGIN|"
+                    "exit-in-malloc|abandon|frozen-tx\n");
+    return 2;
+}

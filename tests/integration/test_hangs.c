@@ -1,0 +1,233 @@
+/* Programs that hung under lastcall, or ended later or worse than without it
+ * (issue 19). Each runs with and without the shim; with it, every run must
+ * end with the status it has without, within the deadline + 100 ms of its
+ * signal or exit(). */
+#define _GNU_SOURCE
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "harness.h"
+
+LC_TEST_MAIN
+
+/* build_path's buffers are a ring of eight: keep our own copy. */
+static const char *client(void)
+{
+    static char path[1024];
+    snprintf(path, sizeof path, "%s", build_path("tests/clients/hang_client"));
+    return path;
+}
+#define CLIENT client()
+
+static int sanitized(void)
+{
+    return getenv("LASTCALL_TEST_PRELOAD_FIRST") != NULL;
+}
+
+/* Starts MODE; waits for "ready". LD_PRELOAD: exactly PRELOAD (NULL: none). */
+static void start(struct proc *p, const char *preload, const char *const *args, const char *app,
+                  const char *const *extra_env)
+{
+    static char env_preload[2][4096];
+    static int which;
+    const char *env[16];
+    int n = 0;
+    char *slot = env_preload[which++ % 2];
+    if (preload) {
+        snprintf(slot, 4096, "LD_PRELOAD=%s", preload);
+        env[n++] = slot;
+    }
+    for (int i = 0; extra_env && extra_env[i] && n < 15; i++)
+        env[n++] = extra_env[i];
+    env[n] = NULL;
+    struct run_opts o = {.preload = 0, .app = app, .env = env};
+    proc_start(p, &o, args);
+    cr_assert_eq(proc_wait_for(p, "ready", 30000), 0, "%s did not get ready: status %d, out [%s], err [%s]",
+                 args[1], proc_wait(p, 1000, NULL), p->out, p->err);
+}
+
+static const char *with_shim(const char *also)
+{
+    static char buf[4096];
+    const char *first = getenv("LASTCALL_TEST_PRELOAD_FIRST");
+    snprintf(buf, sizeof buf, "%s%s%s%s%s", first ? first : "", first ? ":" : "", shim_path(),
+             also ? ":" : "", also ? also : "");
+    return buf;
+}
+
+/* Waits for P's end; returns its status; *ms since SINCE_US. */
+static int end_of(struct proc *p, int64_t since_us, int64_t *ms)
+{
+    int status = proc_wait(p, 20000, NULL);
+    *ms = (now_us() - since_us) / 1000;
+    return status;
+}
+
+#define DEADLINE_MS 1000
+static const char *const deadline_env[] = {"LASTCALL_DEADLINE=1s", "LASTCALL_GRACE=500ms",
+                                           "LASTCALL_LOG=info", NULL};
+
+/* A drain blocked on purpose: after the transaction opens, every allocation
+ * in the process blocks forever, so the drain (which allocates) can never
+ * finish. The kernel's timer ends the process anyway. */
+static void stalled(const char *mode, int want_signal, int want_status, const char *app)
+{
+    if (sanitized())
+        cr_skip_test("a sanitizer's allocator comes before the stalling one");
+    const char *stall = build_path("tests/clients/stall_alloc.so");
+    char stall_copy[1024];
+    snprintf(stall_copy, sizeof stall_copy, "%s", stall);
+    const char *args[] = {CLIENT, mode, NULL};
+    for (int with = 0; with < 2; with++) {
+        struct proc p;
+        char app_n[64];
+        snprintf(app_n, sizeof app_n, "%s_%s", app, with ? "with" : "without");
+        start(&p, with ? with_shim(stall_copy) : stall_copy, args, app_n, deadline_env);
+        int64_t t0 = now_us();
+        if (want_signal)
+            kill(p.pid, want_signal);
+        int64_t ms;
+        int status = end_of(&p, t0, &ms);
+        fprintf(stderr, "%s %s lastcall: status %d after %lld ms\n", mode,
+                with ? "with" : "without", status, (long long)ms);
+        if (want_signal)
+            cr_assert(died_by(status, want_signal), "%s: status %d: %s", app_n, status, p.err);
+        else
+            cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == want_status,
+                      "%s: status %d: %s", app_n, status, p.err);
+        cr_assert_leq(ms, DEADLINE_MS + 100 + slack_ms(), "%s: ended after %lld ms", app_n,
+                      (long long)ms);
+    }
+}
+
+Test(hangs, a_signal_drain_stuck_for_good_ends_at_the_deadline)
+{
+    stalled("stall-signal", SIGTERM, 0, "hang_stall_sig");
+}
+
+Test(hangs, an_exit_drain_stuck_for_good_ends_at_the_deadline_with_exits_status)
+{
+    stalled("stall-exit", 0, 7, "hang_stall_exit");
+}
+
+/* Case 2: SIGTERM while a plugin's constructor runs (ld.so's load lock held
+ * by the thread the signal interrupts). */
+Test(hangs, sigterm_while_a_plugin_constructor_runs)
+{
+    const char *plugin = build_path("tests/clients/slow_ctor_plugin.so");
+    char plugin_copy[1024];
+    snprintf(plugin_copy, sizeof plugin_copy, "%s", plugin);
+    const char *args[] = {CLIENT, "plugin-sleep", plugin_copy, NULL};
+    for (int with = 0; with < 2; with++) {
+        struct proc p;
+        const char *app = with ? "hang_ctor_with" : "hang_ctor_without";
+        start(&p, with ? with_shim(NULL) : NULL, args, app, deadline_env);
+        cr_assert_eq(proc_wait_for(&p, "in-constructor", 10000), 0, "%s", p.err);
+        sleep_ms(50);
+        int64_t t0 = now_us();
+        kill(p.pid, SIGTERM);
+        int64_t ms;
+        int status = end_of(&p, t0, &ms);
+        fprintf(stderr, "plugin-sleep %s lastcall: status %d after %lld ms\n",
+                with ? "with" : "without", status, (long long)ms);
+        cr_assert(died_by(status, SIGTERM), "%s: status %d: %s", app, status, p.err);
+        cr_assert_leq(ms, DEADLINE_MS + 100 + slack_ms(), "%s: %lld ms", app, (long long)ms);
+    }
+}
+
+/* Case 4: exit(3) from a SIGALRM handler that interrupted malloc, with the
+ * drain thread present from the first connect (LASTCALL_LEAK_AGE): the
+ * arena lock the interrupted malloc holds could stop exit() for good. */
+Test(hangs, exit_from_a_handler_that_interrupted_malloc)
+{
+    const char *env[] = {"LASTCALL_DEADLINE=1s", "LASTCALL_LEAK_AGE=3600s", NULL};
+    const char *args[] = {CLIENT, "exit-in-malloc", NULL};
+    int worst = 0;
+    for (int i = 0; i < 25; i++) {
+        for (int with = 0; with < 2; with++) {
+            struct proc p;
+            start(&p, with ? with_shim(NULL) : NULL, args, "hang_malloc", env);
+            int64_t t0 = now_us();
+            int64_t ms;
+            int status = end_of(&p, t0, &ms);
+            cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 3,
+                      "trial %d %s: status %d: %s", i, with ? "with" : "without", status, p.err);
+            /* From "ready": the alarm comes within 21 ms of it. */
+            cr_assert_leq(ms, 21 + DEADLINE_MS + 100 + slack_ms(), "trial %d: %lld ms", i,
+                          (long long)ms);
+            if (with && ms > worst)
+                worst = (int)ms;
+        }
+    }
+    fprintf(stderr, "exit-in-malloc: 25 trials, slowest with lastcall %d ms\n", worst);
+}
+
+/* Case 6: exit(4) from a handler that interrupted PQexec on the same thread:
+ * the call is abandoned, its query cancelled at once, not after the grace. */
+Test(hangs, exit_from_a_handler_that_interrupted_pqexec)
+{
+    const char *env[] = {"LASTCALL_DEADLINE=3s", "LASTCALL_GRACE=2s", NULL};
+    const char *args[] = {CLIENT, "abandon", NULL};
+    int64_t took[2];
+    for (int with = 0; with < 2; with++) {
+        struct proc p;
+        const char *app = with ? "hang_abandon_with" : "hang_abandon_without";
+        start(&p, with ? with_shim(NULL) : NULL, args, app, env);
+        int64_t t0 = now_us();
+        int status = end_of(&p, t0, &took[with]);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 4, "%s: status %d: %s", app,
+                  status, p.err);
+        fprintf(stderr, "abandon %s lastcall: %lld ms\n", with ? "with" : "without",
+                (long long)took[with]);
+    }
+    cr_assert_leq(took[1], took[0] + 500 + slack_ms(), "%lld ms with, %lld ms without",
+                  (long long)took[1], (long long)took[0]);
+    cr_assert_eq(pg_wait_backends_gone("hang_abandon_with", 10000), 0);
+    int abrupt = pg_log_abrupt("hang_abandon_with");
+    if (abrupt)
+        pg_log_dump_app("hang_abandon_with");
+    cr_assert_eq(abrupt, 0);
+}
+
+/* Case 8: one thread idle in a transaction holding a row lock, two threads'
+ * UPDATEs waiting for it. The gate freezes the first for good: its rollback
+ * comes at once, the waiting statements finish, the stop takes no grace. */
+Test(hangs, a_frozen_transaction_is_rolled_back_at_once)
+{
+    const char *env[] = {"LASTCALL_DEADLINE=5s", "LASTCALL_GRACE=3s", NULL};
+    const char *args[] = {CLIENT, "frozen-tx", NULL};
+    for (int with = 0; with < 2; with++) {
+        struct proc p;
+        const char *app = with ? "hang_frozen_with" : "hang_frozen_without";
+        start(&p, with ? with_shim(NULL) : NULL, args, app, env);
+        char sql[256];
+        snprintf(sql, sizeof sql,
+                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s' "
+                 "AND wait_event_type = 'Lock'", app);
+        int64_t until = now_us() + 10000000;
+        while (pg_scalar(sql) < 2 && now_us() < until)
+            sleep_ms(20);
+        cr_assert_eq(pg_scalar(sql), 2, "the UPDATEs are not waiting for the lock");
+        int64_t t0 = now_us();
+        kill(p.pid, SIGTERM);
+        int64_t ms;
+        int status = end_of(&p, t0, &ms);
+        fprintf(stderr, "frozen-tx %s lastcall: %lld ms\n", with ? "with" : "without",
+                (long long)ms);
+        cr_assert(died_by(status, SIGTERM), "%s: status %d: %s", app, status, p.err);
+        if (with)
+            cr_assert_leq(ms, 1000 + slack_ms(), "the stop took %lld ms", (long long)ms);
+    }
+    cr_assert_eq(pg_wait_backends_gone("hang_frozen_with", 10000), 0);
+    cr_assert_eq(pg_log_count("hang_frozen_with", "canceling statement"), 0);
+    int abrupt = pg_log_abrupt("hang_frozen_with");
+    if (abrupt)
+        pg_log_dump_app("hang_frozen_with");
+    cr_assert_eq(abrupt, 0);
+    pg_wait_backends_gone("hang_frozen_without", 10000);
+    cr_assert_gt(pg_log_abrupt("hang_frozen_without"), 0, "the problem did not show without");
+}
