@@ -11,12 +11,15 @@
  *     exit-idle   a SIGALRM handler that calls exit(3), armed for 300 ms; pause()
  *     exit-libc   the same handler, armed every 3 ms while the loop of "libc" runs
  *     flip        the loop of "libc", switching SIGTERM between SIG_DFL and SIG_IGN
+ *     ctor        dlopen/dlclose of the plugin in $LC_CTOR_PLUGIN (its constructor
+ *                 sleeps 200 ms under ld.so's load lock), 1 ms apart, forever
  *
  * Every connection but in "queries" and "sleep" holds an open transaction
  * (PostgreSQL logs an abrupt end only of those). Every mode prints "tasks N"
  * (its threads now) and "ready" once connected. */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <dlfcn.h>
 #include <hiredis/hiredis.h>
 #include <libpq-fe.h>
 #include <pthread.h>
@@ -107,6 +110,16 @@ int main(int argc, char **argv)
     if (strcmp(mode, "libc") == 0 || strcmp(mode, "exit-libc") == 0 ||
         strcmp(mode, "flip") == 0)
         libc_loop(strcmp(mode, "flip") == 0);
+    if (strcmp(mode, "ctor") == 0)
+        for (;;) {
+            void *h = dlopen(getenv("LC_CTOR_PLUGIN"), RTLD_NOW | RTLD_LOCAL);
+            if (h == NULL) {
+                fprintf(stderr, "dlopen: %s\n", dlerror());
+                return 1;
+            }
+            dlclose(h);
+            usleep(1000);
+        }
     if (strcmp(mode, "queries") == 0)
         for (;;)
             for (int i = 0; i < npg; i++)

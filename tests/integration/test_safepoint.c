@@ -67,3 +67,35 @@ Test(safepoint, python_running_python_code_is_drained_at_once)
     fprintf(stderr, "python3 in pure-Python work, SIGTERM: 8 of 8 drained, slowest %lld ms\n",
             (long long)worst);
 }
+
+/* Case 2's lock: a signal that finds the program inside a dlopen'd object's
+ * constructor (ld.so holds its load lock for it) must not park it there, or
+ * the drain's first loader call waits for good. The drain waits for the
+ * constructor to return, then drains. */
+Test(safepoint, a_constructor_under_the_loader_lock_is_not_a_safe_point)
+{
+    char plugin[1200];
+    snprintf(plugin, sizeof plugin, "LC_CTOR_PLUGIN=%s", build_path("tests/clients/ctor_sleep.so"));
+    const char *argv[] = {build_path("tests/clients/lazy_client"), "ctor", "1", NULL};
+    const char *env[] = {"LASTCALL_LOG=info", plugin, NULL};
+    int64_t ms;
+    int status = sigterm_after_work(argv, 0, "ctor_without", env, 300, &ms);
+    cr_assert(died_by(status, SIGTERM), "without lastcall: status %d", status);
+    for (int i = 0; i < 6; i++) {
+        struct proc p;
+        struct run_opts o = {.preload = 1, .app = "ctor_with", .env = env};
+        proc_start(&p, &o, argv);
+        cr_assert_eq(proc_wait_for(&p, "ready", 30000), 0, "%s", p.err);
+        sleep_ms(100 + 70 * i);
+        int64_t t0 = now_us();
+        kill(p.pid, SIGTERM);
+        status = proc_wait(&p, 15000, NULL);
+        ms = (now_us() - t0) / 1000;
+        cr_assert(died_by(status, SIGTERM), "trial %d: status %d: %s", i, status, p.err);
+        cr_assert(strstr(p.err, "SIGTERM: drained 1 PostgreSQL"), "trial %d: %s", i, p.err);
+        /* At most one constructor (200 ms) to wait out. */
+        cr_assert_lt(ms, 1000 + slack_ms(), "trial %d: %lld ms", i, (long long)ms);
+    }
+    cr_assert_eq(pg_wait_backends_gone("ctor_with", 10000), 0);
+    cr_assert_eq(pg_log_abrupt("ctor_with"), 0);
+}
