@@ -35,6 +35,46 @@ static struct sigaction *vact(int sig)
 {
     return &virtual_table[(sig + 8) % NSIG];
 }
+/* The handler reads an entry without a lock (it may interrupt a writer on
+ * another thread): a sequence count, odd while a writer changes an entry,
+ * tells it to copy again. Writers hold table_lock with every signal blocked,
+ * so a handler never waits for a writer on its own thread. */
+static unsigned int table_seq;
+
+#define ENTRY_WORDS (sizeof(struct sigaction) / sizeof(unsigned long))
+_Static_assert(sizeof(struct sigaction) % sizeof(unsigned long) == 0, "whole words");
+
+/* With the table locked. */
+static void virtual_write(int sig, const struct sigaction *a)
+{
+    unsigned long *to = (unsigned long *)vact(sig);
+    const unsigned long *from = (const unsigned long *)a;
+    unsigned int seq = __atomic_load_n(&table_seq, __ATOMIC_RELAXED);
+    __atomic_store_n(&table_seq, seq + 1, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    for (size_t i = 0; i < ENTRY_WORDS; i++)
+        __atomic_store_n(&to[i], from[i], __ATOMIC_RELAXED);
+    __atomic_store_n(&table_seq, seq + 2, __ATOMIC_RELEASE);
+}
+
+/* Anywhere, a signal handler included: a copy no writer was changing. */
+static void virtual_read(int sig, struct sigaction *out)
+{
+    const unsigned long *from = (const unsigned long *)vact(sig);
+    unsigned long *to = (unsigned long *)out;
+    for (;;) {
+        unsigned int seq = __atomic_load_n(&table_seq, __ATOMIC_ACQUIRE);
+        if (seq & 1) {
+            sched_yield(); /* a writer on another thread, mid-copy */
+            continue;
+        }
+        for (size_t i = 0; i < ENTRY_WORDS; i++)
+            to[i] = __atomic_load_n(&from[i], __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (__atomic_load_n(&table_seq, __ATOMIC_RELAXED) == seq)
+            return;
+    }
+}
 /* The program changed the disposition behind our back (a raw rt_sigaction
  * syscall): the kernel holds its choice, and we leave it there. */
 static int foreign[NSIG];
@@ -208,7 +248,7 @@ static void resync_locked(int sig)
         learn_glibc_additions(&k); /* we put it there, through glibc */
         return;
     }
-    *vact(sig) = k;
+    virtual_write(sig, &k);
     foreign[sig] = 1;
 }
 
@@ -443,7 +483,8 @@ static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
         errno = saved_errno;
         return;
     }
-    struct sigaction v = *vact(sig);
+    struct sigaction v;
+    virtual_read(sig, &v);
     if (sig == remote_sig) {
         if (status_is_request(sig, info)) {
             uint64_t none = 0, token = (uint64_t)(uintptr_t)info->si_value.sival_ptr;
@@ -548,11 +589,13 @@ LC_EXPORT int sigaction(int sig, const struct sigaction *act, struct sigaction *
     struct sigaction was = *vact(sig);
     int r = 0;
     if (act) {
-        normalize(&want, vact(sig));
+        struct sigaction next;
+        normalize(&want, &next);
+        virtual_write(sig, &next);
         foreign[sig] = 0;
         r = apply(sig);
         if (r != 0)
-            *vact(sig) = was;
+            virtual_write(sig, &was);
     }
     unlock_table(&saved);
     if (oldact && r == 0)

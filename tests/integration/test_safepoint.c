@@ -2,7 +2,6 @@
  * its signal dispositions. Each case runs with and without lastcall. */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
-#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -98,4 +97,25 @@ Test(safepoint, a_constructor_under_the_loader_lock_is_not_a_safe_point)
     }
     cr_assert_eq(pg_wait_backends_gone("ctor_with", 10000), 0);
     cr_assert_eq(pg_log_abrupt("ctor_with"), 0);
+}
+
+/* lastcall's handler copies the program's disposition while another thread
+ * rewrites it: every SIGTERM reaches one of the program's two handlers with
+ * the calling convention it was installed with, never a torn mix. */
+Test(safepoint, handlers_rewritten_while_signals_arrive)
+{
+    const char *argv[] = {build_path("tests/clients/flip_handlers"), "1500", NULL};
+    for (int preload = 0; preload <= 1; preload++) {
+        struct proc p;
+        struct run_opts o = {.preload = preload, .app = "flip_handlers"};
+        int status = run(&o, argv, &p, 30000);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s lastcall: status %d: %s",
+                  preload ? "with" : "without", status, p.err);
+        long a = 0, b = 0;
+        const char *c = strstr(p.out, "calls ");
+        cr_assert(c && sscanf(c, "calls %ld %ld", &a, &b) == 2, "%s", p.out);
+        fprintf(stderr, "handlers rewritten under fire, %s lastcall: %ld + %ld calls\n",
+                preload ? "with" : "without", a, b);
+        cr_assert(a > 0 && b > 0);
+    }
 }
