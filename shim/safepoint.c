@@ -1,10 +1,14 @@
 #define _GNU_SOURCE
 #include "safepoint.h"
 
+#include "got.h"
+
 #include <errno.h>
 #include <stddef.h>
 #include <gnu/libc-version.h>
 #include <link.h>
+#include <pthread.h>
+#include <sys/auxv.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -50,11 +54,6 @@ static uintptr_t glibc_restorer; /* what glibc puts in every signal frame it arr
 static char *landing_stack; /* its lowest page is a guard */
 
 
-struct wanted {
-    uintptr_t addr;
-    int libc;
-};
-
 static int object_holds(const struct dl_phdr_info *info, uintptr_t addr)
 {
     for (int i = 0; i < info->dlpi_phnum; i++) {
@@ -66,27 +65,156 @@ static int object_holds(const struct dl_phdr_info *info, uintptr_t addr)
     return 0;
 }
 
+/* Which objects' code is unsafe to leave, judged by what each defines in its
+ * own dynamic symbol table, never by comparing addresses: a non-PIE
+ * executable that takes malloc's address (Debian's python3.11) holds the
+ * canonical PLT entry of malloc, so &malloc lies inside the executable, whose
+ * own code is the program's (issue 19, case 5). An object that defines malloc
+ * (libc, a preloaded jemalloc, a sanitizer runtime, an executable linked with
+ * its own allocator) is unsafe; so are libc, the loader (AT_BASE) and lastcall. */
+enum { NOT_UNSAFE = -1, UNSAFE = 0, UNSAFE_LIBC = 1 };
+
+static int is_loader(const struct dl_phdr_info *info)
+{
+    return info->dlpi_addr != 0 && info->dlpi_addr == (ElfW(Addr))getauxval(AT_BASE);
+}
+
+static int classify(const struct dl_phdr_info *info)
+{
+    if (is_loader(info) || object_holds(info, (uintptr_t)&safepoint_prepare))
+        return UNSAFE;
+    struct lc_dso d;
+    if (dso_parse(info, &d) != 0)
+        return NOT_UNSAFE; /* no dynamic section: nothing of libc's or the allocator's */
+    if (dso_defines(&d, "gnu_get_libc_version"))
+        return UNSAFE_LIBC;
+    if (dso_defines(&d, "malloc") || dso_defines(&d, "__libc_malloc"))
+        return UNSAFE;
+    return NOT_UNSAFE;
+}
+
+struct loader_probe {
+    uintptr_t rtld_global, rtld_global_end; /* ld.so's _rtld_global, bounded by its segment */
+};
+
+static void find_rtld_global(const struct dl_phdr_info *info, struct loader_probe *probe)
+{
+    struct lc_dso d;
+    void *g = dso_parse(info, &d) == 0 ? dso_lookup(&d, "_rtld_global") : NULL;
+    for (int i = 0; g && i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        uintptr_t lo = info->dlpi_addr + ph->p_vaddr;
+        if (ph->p_type == PT_LOAD && (uintptr_t)g >= lo && (uintptr_t)g < lo + ph->p_memsz) {
+            probe->rtld_global = (uintptr_t)g;
+            probe->rtld_global_end = lo + ph->p_memsz;
+        }
+    }
+}
+
 static int collect(struct dl_phdr_info *info, size_t size, void *data)
 {
     (void)size;
-    const struct wanted *w = data;
     if (info->dlpi_name && strstr(info->dlpi_name, "vgpreload_"))
         under_valgrind = 1;
-    int match = -1;
-    /* libc's own malloc follows libc's rule (only its blocking calls are safe). */
-    for (int k = 0; w[k].addr; k++)
-        if (object_holds(info, w[k].addr) && match != 1)
-            match = w[k].libc;
-    if (match < 0)
+    int kind = classify(info);
+    if (kind == NOT_UNSAFE)
         return 0;
+    if (is_loader(info))
+        find_rtld_global(info, data);
     for (int i = 0; i < info->dlpi_phnum && n_ranges < MAX_RANGES; i++) {
         const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
         if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_X))
             continue;
         uintptr_t lo = info->dlpi_addr + ph->p_vaddr;
-        ranges[n_ranges++] = (struct code_range){lo, lo + ph->p_memsz, match};
+        ranges[n_ranges++] = (struct code_range){lo, lo + ph->p_memsz, kind == UNSAFE_LIBC};
     }
     return 0;
+}
+
+/* ---- the loader's locks ---- */
+
+/* A thread that runs a dlopen'd object's constructor (or a dl_iterate_phdr
+ * callback) runs the program's code while ld.so holds its load lock (or its
+ * write lock) for it: parked there, it would stop every loader call of the
+ * drain for good. Both are recursive mutexes inside ld.so's private
+ * _rtld_global, _dl_load_lock immediately followed by _dl_load_write_lock
+ * (so since glibc 2.13), at an offset that changes with the version. So it
+ * is measured: the write lock is the one recursive mutex of _rtld_global
+ * held inside a dl_iterate_phdr callback and free outside it; the load lock
+ * is the recursive mutex just before it. A held lock has a non-zero lock
+ * word or recursion count (ld.so's stand-in before libc is up only counts). */
+struct rtld_mutex {
+    int lock;
+    unsigned int count;
+    int owner;
+    unsigned int nusers;
+    int kind;
+    short spins, elision;
+    void *prev, *next;
+};
+_Static_assert(sizeof(struct rtld_mutex) == sizeof(pthread_mutex_t), "glibc's x86-64 mutex");
+
+#define RTLD_SCAN 8192
+static const struct rtld_mutex *loader_locks; /* [0]: load lock, [1]: write lock */
+static uint32_t held_inside[RTLD_SCAN / 8 / 32];
+
+static int mutex_held(const volatile struct rtld_mutex *m)
+{
+    return m->lock != 0 || m->count != 0;
+}
+
+static int looks_recursive(const struct rtld_mutex *m)
+{
+    return m->kind == PTHREAD_MUTEX_RECURSIVE_NP;
+}
+
+#define FOR_EACH_SLOT(probe, a, k)                                                             \
+    for (uintptr_t a = (probe)->rtld_global, k = 0;                                           \
+         a + sizeof(struct rtld_mutex) <= (probe)->rtld_global_end &&                          \
+         a < (probe)->rtld_global + RTLD_SCAN;                                                 \
+         a += 8, k++)
+
+static int mark_held(struct dl_phdr_info *info, size_t size, void *data)
+{
+    (void)info;
+    (void)size;
+    const struct loader_probe *probe = data;
+    FOR_EACH_SLOT(probe, a, k) {
+        const struct rtld_mutex *m = (const void *)a;
+        if (looks_recursive(m) && mutex_held(m))
+            held_inside[k / 32] |= 1u << (k % 32);
+    }
+    return 1; /* one callback is enough */
+}
+
+static const struct rtld_mutex *find_loader_locks(struct loader_probe *probe)
+{
+    if (probe->rtld_global == 0)
+        return NULL;
+    memset(held_inside, 0, sizeof held_inside);
+    dl_iterate_phdr(mark_held, probe);
+    const struct rtld_mutex *write_lock = NULL;
+    FOR_EACH_SLOT(probe, a, k) {
+        const struct rtld_mutex *m = (const void *)a;
+        if (!(held_inside[k / 32] & (1u << (k % 32))) || mutex_held(m))
+            continue;
+        if (write_lock != NULL)
+            return NULL; /* two candidates: not a layout we know */
+        write_lock = m;
+    }
+    if (write_lock == NULL ||
+        (uintptr_t)write_lock < probe->rtld_global + sizeof(struct rtld_mutex))
+        return NULL;
+    const struct rtld_mutex *load_lock = write_lock - 1;
+    return looks_recursive(load_lock) ? load_lock : NULL;
+}
+
+/* Does the loader hold its load or write lock? In a single-threaded process
+ * (the only kind that is diverted) the holder is the interrupted thread. */
+static int loader_busy(void)
+{
+    const volatile struct rtld_mutex *l = loader_locks;
+    return l == NULL || mutex_held(&l[0]) || mutex_held(&l[1]);
 }
 
 int safepoint_prepare(void)
@@ -94,17 +222,13 @@ int safepoint_prepare(void)
     int state = __atomic_load_n(&prepared, __ATOMIC_ACQUIRE);
     if (state)
         return state > 0;
-    /* libc, the loader (its r_debug), whoever defines malloc (libc, a
-     * preloaded jemalloc, a sanitizer runtime) and lastcall itself. */
-    struct wanted w[] = {
-        {(uintptr_t)&gnu_get_libc_version, 1},
-        {(uintptr_t)&_r_debug, 0},
-        {(uintptr_t)&malloc, 0},
-        {(uintptr_t)&safepoint_prepare, 0},
-        {0, 0},
-    };
+    struct loader_probe probe = {0, 0};
     n_ranges = 0;
-    dl_iterate_phdr(collect, w);
+    dl_iterate_phdr(collect, &probe);
+    /* Without the loader's locks a constructor cannot be told from the
+     * program's code: no diversion (the drain thread starts at the first
+     * connect, as on other platforms). */
+    loader_locks = find_loader_locks(&probe);
     for (int sig = 1; sig < NSIG && glibc_restorer == 0; sig++) {
         struct sigaction k;
         if (__sigaction(sig, NULL, &k) == 0 && (k.sa_flags & 0x04000000 /* SA_RESTORER */))
@@ -122,7 +246,7 @@ int safepoint_prepare(void)
      * would not find the restore token the kernel checks: no diversion. */
     unsigned long shstk = 0;
     int shadow = syscall(SYS_arch_prctl, 0x5005 /* ARCH_SHSTK_STATUS */, &shstk) == 0 && (shstk & 1);
-    state = n_ranges > 0 && glibc_restorer != 0 && landing_stack != NULL && !shadow ? 1 : -1;
+    state = n_ranges > 0 && loader_locks != NULL && glibc_restorer != 0 && landing_stack != NULL && !shadow ? 1 : -1;
     __atomic_store_n(&prepared, state, __ATOMIC_RELEASE);
     return state > 0;
 }
@@ -181,15 +305,18 @@ static int at_call(const struct code_range *r, uintptr_t pc, long rax, const sig
     if (pc >= r->lo + 7 && *(const uint8_t *)(pc - 7) == 0xb8 &&
         quick_call((long)*(const int32_t *)(pc - 6)))
         return 1;
-    return info && info->si_pid == getpid() &&
+    /* Self-sent: every call that sends or unblocks a signal returns 0. A
+     * non-zero return (mmap's address, read's count) is the return of some
+     * other call to which the signal came back through rt_sigreturn, once a
+     * handler that had it blocked returned: libc may hold anything there. */
+    return rax == 0 && info && info->si_pid == getpid() &&
            (info->si_code == SI_USER || info->si_code == SI_TKILL || info->si_code == SI_QUEUE);
 }
 
-int safepoint_is_safe(const void *uctx, const siginfo_t *info)
+/* Where the interrupted code itself is: outside every unsafe object, or at a
+ * system call in libc. */
+static int pc_is_safe(const ucontext_t *uc, const siginfo_t *info)
 {
-    if (__atomic_load_n(&prepared, __ATOMIC_ACQUIRE) <= 0 || uctx == NULL)
-        return 0;
-    const ucontext_t *uc = uctx;
     uintptr_t pc = (uintptr_t)uc->uc_mcontext.gregs[REG_RIP];
     long rax = (long)uc->uc_mcontext.gregs[REG_RAX];
     for (int i = 0; i < n_ranges; i++)
@@ -197,6 +324,8 @@ int safepoint_is_safe(const void *uctx, const siginfo_t *info)
             return ranges[i].libc && at_call(&ranges[i], pc, rax, info);
     return 1;
 }
+
+static int outer_frames_safe(const ucontext_t *uc);
 
 /* ---- diverting the interrupted thread ---- */
 
@@ -331,30 +460,100 @@ static int frame_at(uintptr_t a, uintptr_t top)
     return 1;
 }
 
+/* The stack that holds SP, as far as it can be bounded: the alternate signal
+ * stack, or the main thread's (the only thread of a diverted process). 0
+ * for any other (a coroutine's): its callers cannot be looked at. */
+static uintptr_t stack_top(uintptr_t sp)
+{
+    stack_t ss;
+    if (sigaltstack(NULL, &ss) == 0 && ss.ss_flags != SS_DISABLE &&
+        sp >= (uintptr_t)ss.ss_sp && sp < (uintptr_t)ss.ss_sp + ss.ss_size)
+        return (uintptr_t)ss.ss_sp + ss.ss_size;
+    if (getpid() == (pid_t)syscall(SYS_gettid) && sp < (uintptr_t)__libc_stack_end &&
+        (uintptr_t)__libc_stack_end - sp < ((uintptr_t)64 << 20))
+        return (uintptr_t)__libc_stack_end;
+    return 0;
+}
+
+static const siginfo_t *frame_info(uintptr_t uc)
+{
+    /* The kernel's frame: its ucontext ends with a 64-bit mask, the siginfo follows. */
+    return (const siginfo_t *)(uc + offsetof(ucontext_t, uc_sigmask) + 8);
+}
+
+/* Is the signal frame at UC still live, i.e. a handler that is still
+ * running? Its signal stays blocked until that handler returns (unless
+ * SA_NODEFER), so it is in the mask of whatever that handler's code was
+ * doing when the newer signal came (MASK). A stale frame from a handler that
+ * returned (our own retries leave one each) does not pass. */
+static int frame_is_live(uintptr_t uc, uint64_t mask)
+{
+    int sig = frame_info(uc)->si_signo;
+    if (sig < 1 || sig > 64)
+        return 0;
+    if (mask & ((uint64_t)1 << (sig - 1)))
+        return 1;
+    struct sigaction k;
+    return __sigaction(sig, NULL, &k) == 0 && (k.sa_flags & SA_NODEFER);
+}
+
+/* A handler is program code, but what it interrupted may be malloc: the
+ * interrupted code's callers include every handler still running below it
+ * on the stack, and each one's interrupted point must be safe too. */
+static int outer_frames_safe(const ucontext_t *uc)
+{
+    if (under_valgrind)
+        return 1; /* its frames are its own, and the scan reads undefined stack */
+    uint64_t mask;
+    copy_bytes(&mask, &uc->uc_sigmask, sizeof mask);
+    uintptr_t sp = (uintptr_t)uc->uc_mcontext.gregs[REG_RSP] & ~(uintptr_t)7;
+    for (int stacks = 0; stacks < 4; stacks++) {
+        uintptr_t top = stack_top(sp), next_sp = 0;
+        if (top == 0)
+            return 1;
+        for (uintptr_t a = sp; a + sizeof(void *) <= top; a += sizeof(void *)) {
+            if (*(const uintptr_t *)a != glibc_restorer || !frame_at(a, top))
+                continue;
+            uintptr_t fuc = a + sizeof(void *);
+            if (!frame_is_live(fuc, mask))
+                continue;
+            const ucontext_t *outer = (const ucontext_t *)fuc;
+            if (!pc_is_safe(outer, frame_info(fuc)))
+                return 0;
+            copy_bytes(&mask, &outer->uc_sigmask, sizeof mask);
+            uintptr_t osp = (uintptr_t)outer->uc_mcontext.gregs[REG_RSP];
+            if (osp < sp || osp >= top)
+                next_sp = osp & ~(uintptr_t)7; /* it ran on another stack (the alternate one) */
+        }
+        if (next_sp == 0)
+            return 1;
+        sp = next_sp;
+    }
+    return 1;
+}
+
+int safepoint_is_safe(const void *uctx, const siginfo_t *info)
+{
+    if (__atomic_load_n(&prepared, __ATOMIC_ACQUIRE) <= 0 || uctx == NULL)
+        return 0;
+    const ucontext_t *uc = uctx;
+    return pc_is_safe(uc, info) && !loader_busy() && outer_frames_safe(uc);
+}
+
 int safepoint_exit_is_safe(void)
 {
     if (__atomic_load_n(&prepared, __ATOMIC_ACQUIRE) <= 0 || under_valgrind)
         return 1;
     volatile uintptr_t here = 0;
     uintptr_t sp = (uintptr_t)&here & ~(uintptr_t)7;
-    uintptr_t top;
-    stack_t ss;
-    if (sigaltstack(NULL, &ss) == 0 && (ss.ss_flags & SS_ONSTACK))
-        top = (uintptr_t)ss.ss_sp + ss.ss_size;
-    else if (getpid() == (pid_t)syscall(SYS_gettid) && sp < (uintptr_t)__libc_stack_end &&
-             (uintptr_t)__libc_stack_end - sp < ((uintptr_t)64 << 20))
-        top = (uintptr_t)__libc_stack_end;
-    else
+    uintptr_t top = stack_top(sp);
+    if (top == 0)
         return 1; /* a stack we cannot bound: take it as no handler */
     /* The innermost frame is the handler that called exit(). */
     for (uintptr_t a = sp; a + sizeof(void *) <= top; a += sizeof(void *))
-        if (*(const uintptr_t *)a == glibc_restorer && frame_at(a, top))
-        {
-            /* The kernel's frame: the return address, its ucontext (which
-             * ends with a 64-bit mask), the siginfo. */
+        if (*(const uintptr_t *)a == glibc_restorer && frame_at(a, top)) {
             uintptr_t uc = a + sizeof(void *);
-            return safepoint_is_safe((const void *)uc,
-                                     (const siginfo_t *)(uc + offsetof(ucontext_t, uc_sigmask) + 8));
+            return safepoint_is_safe((const void *)uc, frame_info(uc));
         }
     return 1;
 }
@@ -366,6 +565,86 @@ int safepoint_is_safe(const void *uctx, const siginfo_t *info) { (void)uctx; (vo
 int safepoint_divert(void *uctx, void (*fn)(void)) { (void)uctx; (void)fn; return -1; }
 int safepoint_retry(int sig, long delay_us) { (void)sig; (void)delay_us; return -1; }
 int safepoint_is_retry(const siginfo_t *info) { (void)info; return 0; }
+/* The stack that holds SP, as far as it can be bounded: the alternate signal
+ * stack, or the main thread's (the only thread of a diverted process). 0
+ * for any other (a coroutine's): its callers cannot be looked at. */
+static uintptr_t stack_top(uintptr_t sp)
+{
+    stack_t ss;
+    if (sigaltstack(NULL, &ss) == 0 && ss.ss_flags != SS_DISABLE &&
+        sp >= (uintptr_t)ss.ss_sp && sp < (uintptr_t)ss.ss_sp + ss.ss_size)
+        return (uintptr_t)ss.ss_sp + ss.ss_size;
+    if (getpid() == (pid_t)syscall(SYS_gettid) && sp < (uintptr_t)__libc_stack_end &&
+        (uintptr_t)__libc_stack_end - sp < ((uintptr_t)64 << 20))
+        return (uintptr_t)__libc_stack_end;
+    return 0;
+}
+
+static const siginfo_t *frame_info(uintptr_t uc)
+{
+    /* The kernel's frame: its ucontext ends with a 64-bit mask, the siginfo follows. */
+    return (const siginfo_t *)(uc + offsetof(ucontext_t, uc_sigmask) + 8);
+}
+
+/* Is the signal frame at UC still live, i.e. a handler that is still
+ * running? Its signal stays blocked until that handler returns (unless
+ * SA_NODEFER), so it is in the mask of whatever that handler's code was
+ * doing when the newer signal came (MASK). A stale frame from a handler that
+ * returned (our own retries leave one each) does not pass. */
+static int frame_is_live(uintptr_t uc, uint64_t mask)
+{
+    int sig = frame_info(uc)->si_signo;
+    if (sig < 1 || sig > 64)
+        return 0;
+    if (mask & ((uint64_t)1 << (sig - 1)))
+        return 1;
+    struct sigaction k;
+    return __sigaction(sig, NULL, &k) == 0 && (k.sa_flags & SA_NODEFER);
+}
+
+/* A handler is program code, but what it interrupted may be malloc: the
+ * interrupted code's callers include every handler still running below it
+ * on the stack, and each one's interrupted point must be safe too. */
+static int outer_frames_safe(const ucontext_t *uc)
+{
+    if (under_valgrind)
+        return 1; /* its frames are its own, and the scan reads undefined stack */
+    uint64_t mask;
+    copy_bytes(&mask, &uc->uc_sigmask, sizeof mask);
+    uintptr_t sp = (uintptr_t)uc->uc_mcontext.gregs[REG_RSP] & ~(uintptr_t)7;
+    for (int stacks = 0; stacks < 4; stacks++) {
+        uintptr_t top = stack_top(sp), next_sp = 0;
+        if (top == 0)
+            return 1;
+        for (uintptr_t a = sp; a + sizeof(void *) <= top; a += sizeof(void *)) {
+            if (*(const uintptr_t *)a != glibc_restorer || !frame_at(a, top))
+                continue;
+            uintptr_t fuc = a + sizeof(void *);
+            if (!frame_is_live(fuc, mask))
+                continue;
+            const ucontext_t *outer = (const ucontext_t *)fuc;
+            if (!pc_is_safe(outer, frame_info(fuc)))
+                return 0;
+            copy_bytes(&mask, &outer->uc_sigmask, sizeof mask);
+            uintptr_t osp = (uintptr_t)outer->uc_mcontext.gregs[REG_RSP];
+            if (osp < sp || osp >= top)
+                next_sp = osp & ~(uintptr_t)7; /* it ran on another stack (the alternate one) */
+        }
+        if (next_sp == 0)
+            return 1;
+        sp = next_sp;
+    }
+    return 1;
+}
+
+int safepoint_is_safe(const void *uctx, const siginfo_t *info)
+{
+    if (__atomic_load_n(&prepared, __ATOMIC_ACQUIRE) <= 0 || uctx == NULL)
+        return 0;
+    const ucontext_t *uc = uctx;
+    return pc_is_safe(uc, info) && !loader_busy() && outer_frames_safe(uc);
+}
+
 int safepoint_exit_is_safe(void) { return 1; }
 
 #endif

@@ -36,6 +36,46 @@ static struct sigaction *vact(int sig)
 {
     return &virtual_table[(sig + 8) % NSIG];
 }
+/* The handler reads an entry without a lock (it may interrupt a writer on
+ * another thread): a sequence count, odd while a writer changes an entry,
+ * tells it to copy again. Writers hold table_lock with every signal blocked,
+ * so a handler never waits for a writer on its own thread. */
+static unsigned int table_seq;
+
+#define ENTRY_WORDS (sizeof(struct sigaction) / sizeof(unsigned long))
+_Static_assert(sizeof(struct sigaction) % sizeof(unsigned long) == 0, "whole words");
+
+/* With the table locked. */
+static void virtual_write(int sig, const struct sigaction *a)
+{
+    unsigned long *to = (unsigned long *)vact(sig);
+    const unsigned long *from = (const unsigned long *)a;
+    unsigned int seq = __atomic_load_n(&table_seq, __ATOMIC_RELAXED);
+    __atomic_store_n(&table_seq, seq + 1, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    for (size_t i = 0; i < ENTRY_WORDS; i++)
+        __atomic_store_n(&to[i], from[i], __ATOMIC_RELAXED);
+    __atomic_store_n(&table_seq, seq + 2, __ATOMIC_RELEASE);
+}
+
+/* Anywhere, a signal handler included: a copy no writer was changing. */
+static void virtual_read(int sig, struct sigaction *out)
+{
+    const unsigned long *from = (const unsigned long *)vact(sig);
+    unsigned long *to = (unsigned long *)out;
+    for (;;) {
+        unsigned int seq = __atomic_load_n(&table_seq, __ATOMIC_ACQUIRE);
+        if (seq & 1) {
+            sched_yield(); /* a writer on another thread, mid-copy */
+            continue;
+        }
+        for (size_t i = 0; i < ENTRY_WORDS; i++)
+            to[i] = __atomic_load_n(&from[i], __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (__atomic_load_n(&table_seq, __ATOMIC_RELAXED) == seq)
+            return;
+    }
+}
 /* The program changed the disposition behind our back (a raw rt_sigaction
  * syscall): the kernel holds its choice, and we leave it there. */
 static int foreign[NSIG];
@@ -150,7 +190,7 @@ static void normalize(const struct sigaction *act, struct sigaction *out)
  * and a pending signal is discarded as it would be); anything else goes
  * through our handler with the program's mask and flags. SA_RESETHAND is
  * emulated (a kernel reset would let the next signal kill without a drain). */
-static int apply(int sig)
+static int apply(int sig, struct sigaction *kernel_was)
 {
     const struct sigaction *v = vact(sig);
     /* A drain waiting for a safe point keeps our handler: its retry comes as
@@ -159,7 +199,7 @@ static int apply(int sig)
     if (disposition_of(v) == DISP_IGNORE && !lazy_drain_pending()) {
         struct sigaction ign = *v;
         ign.sa_flags &= ~(int)glibc_added_flags;
-        return real_sigaction(sig, &ign, NULL);
+        return real_sigaction(sig, &ign, kernel_was);
     }
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -169,16 +209,15 @@ static int apply(int sig)
     sa.sa_flags = SA_SIGINFO | (v->sa_flags & keep);
     if (disposition_of(v) == DISP_DEFAULT)
         sa.sa_flags |= SA_RESTART; /* an in-flight call should go on, not see EINTR */
-    return real_sigaction(sig, &sa, NULL);
+    return real_sigaction(sig, &sa, kernel_was);
 }
 
 static void lock_table(sigset_t *saved)
 {
+    /* Every signal, not only the managed ones: a program's handler for any
+     * signal may call sigaction() while this thread holds the lock. */
     sigset_t block;
-    sigemptyset(&block);
-    for (int s = 1; s < NSIG; s++)
-        if (managed[s])
-            sigaddset(&block, s);
+    sigfillset(&block);
     pthread_sigmask(SIG_BLOCK, &block, saved);
     while (__atomic_exchange_n(&table_lock, 1, __ATOMIC_ACQUIRE))
         sched_yield();
@@ -190,27 +229,36 @@ static void unlock_table(const sigset_t *saved)
     pthread_sigmask(SIG_SETMASK, saved, NULL);
 }
 
-/* Called with the table locked. A kernel disposition that is neither ours
- * nor the SIG_IGN we put there was set behind our back: the program's choice
- * wins, and becomes the virtual one. */
+/* Is K, the kernel's disposition of SIG, one we put there (our handler, or
+ * the SIG_IGN that stands for an ignored virtual entry)? Anything else was
+ * set behind our back (a raw rt_sigaction). */
+static int kernel_is_ours(int sig, const struct sigaction *k, const struct sigaction *virt)
+{
+    if ((k->sa_flags & SA_SIGINFO) && k->sa_sigaction == lc_signal_handler)
+        return 1;
+    return !__atomic_load_n(&foreign[sig], __ATOMIC_RELAXED) &&
+           disposition_of(k) == DISP_IGNORE && disposition_of(virt) == DISP_IGNORE;
+}
+
+/* Called with the table locked, K the kernel's disposition of SIG. One set
+ * behind our back wins, and becomes the virtual one. */
+static void resync_with(int sig, const struct sigaction *k)
+{
+    if (kernel_is_ours(sig, k, vact(sig))) {
+        learn_glibc_additions(k); /* ours, installed through glibc */
+        if ((k->sa_flags & SA_SIGINFO) && k->sa_sigaction == lc_signal_handler)
+            __atomic_store_n(&foreign[sig], 0, __ATOMIC_RELAXED);
+        return;
+    }
+    virtual_write(sig, k);
+    __atomic_store_n(&foreign[sig], 1, __ATOMIC_RELAXED);
+}
+
 static void resync_locked(int sig)
 {
     struct sigaction k;
-    if (real_sigaction(sig, NULL, &k) != 0)
-        return;
-    int ours = (k.sa_flags & SA_SIGINFO) && k.sa_sigaction == lc_signal_handler;
-    if (ours) {
-        learn_glibc_additions(&k);
-        foreign[sig] = 0;
-        return;
-    }
-    if (!foreign[sig] && disposition_of(&k) == DISP_IGNORE &&
-        disposition_of(vact(sig)) == DISP_IGNORE) {
-        learn_glibc_additions(&k); /* we put it there, through glibc */
-        return;
-    }
-    *vact(sig) = k;
-    foreign[sig] = 1;
+    if (real_sigaction(sig, NULL, &k) == 0)
+        resync_with(sig, &k);
 }
 
 void signals_resync(void)
@@ -461,7 +509,8 @@ static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
         errno = saved_errno;
         return;
     }
-    struct sigaction v = *vact(sig);
+    struct sigaction v;
+    virtual_read(sig, &v);
     if (sig == remote_sig) {
         if (status_is_request(sig, info)) {
             uint64_t none = 0, token = (uint64_t)(uintptr_t)info->si_value.sival_ptr;
@@ -556,30 +605,76 @@ static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
 
 /* ---- the program's view ---- */
 
+/* A read-back: the kernel's entry tells whether the virtual one still holds
+ * (one system call, as without lastcall); the table is locked only to take
+ * over a disposition set behind our back. */
+static int query(int sig, struct sigaction *oldact)
+{
+    struct sigaction k, v;
+    if (real_sigaction(sig, NULL, &k) != 0)
+        return -1;
+    virtual_read(sig, &v);
+    if (!kernel_is_ours(sig, &k, &v)) {
+        sigset_t saved;
+        lock_table(&saved);
+        resync_locked(sig);
+        v = *vact(sig);
+        unlock_table(&saved);
+    }
+    if (oldact)
+        *oldact = v;
+    return 0;
+}
+
+/* SIG is pending for this thread (its own or the process's) and the program
+ * had not blocked it: it was sent while the virtual disposition held, and
+ * only our lock kept it from our handler. */
+static int arrived_meanwhile(int sig, const sigset_t *program_mask)
+{
+    sigset_t pending;
+    return sigpending(&pending) == 0 && sigismember(&pending, sig) == 1 &&
+           sigismember(program_mask, sig) != 1;
+}
+
 LC_EXPORT int sigaction(int sig, const struct sigaction *act, struct sigaction *oldact)
 {
     if (!is_managed(sig) || !lc_active())
         return real_sigaction(sig, act, oldact);
+    if (act == NULL)
+        return query(sig, oldact);
     /* ACT and OLDACT may be the same struct. */
-    struct sigaction want;
-    if (act)
-        want = *act;
-    sigset_t saved;
-    lock_table(&saved);
-    resync_locked(sig);
-    struct sigaction was = *vact(sig);
-    int r = 0;
-    if (act) {
-        normalize(&want, vact(sig));
-        foreign[sig] = 0;
-        r = apply(sig);
-        if (r != 0)
-            *vact(sig) = was;
+    struct sigaction want = *act;
+    for (int round = 0;; round++) {
+        sigset_t saved;
+        lock_table(&saved);
+        if (!glibc_added_known)
+            resync_locked(sig); /* once: what glibc adds, for normalize() */
+        struct sigaction was = *vact(sig), next, kernel_was;
+        normalize(&want, &next);
+        /* Without lastcall a signal sent under SIG_DFL acts when it is sent;
+         * here it waits for our handler, and leaving SIG_DFL now (SIG_IGN
+         * discards it, a function would catch it) would lose it. So one that
+         * came while this thread held the lock is let in first: the mask
+         * comes back, it reaches our handler, and the change is made after. */
+        if (round < 3 && disposition_of(&was) == DISP_DEFAULT &&
+            disposition_of(&next) != DISP_DEFAULT && arrived_meanwhile(sig, &saved)) {
+            unlock_table(&saved);
+            continue;
+        }
+        virtual_write(sig, &next);
+        int r = apply(sig, &kernel_was);
+        if (r != 0) {
+            virtual_write(sig, &was);
+        } else if (!kernel_is_ours(sig, &kernel_was, &was)) {
+            was = kernel_was; /* set behind our back: that was the disposition */
+        }
+        if (r == 0)
+            __atomic_store_n(&foreign[sig], 0, __ATOMIC_RELAXED);
+        unlock_table(&saved);
+        if (oldact && r == 0)
+            *oldact = was;
+        return r;
     }
-    unlock_table(&saved);
-    if (oldact && r == 0)
-        *oldact = was;
-    return r;
 }
 
 /* glibc's signal(), sysv_signal(), sigset(), sigignore() and siginterrupt()

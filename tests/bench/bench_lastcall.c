@@ -94,6 +94,19 @@ static void aa_noise(const char *name, const char *cmd, long n)
     fflush(stdout);
 }
 
+/* A cost printed, not held to a goal: with and without lastcall, alternating. */
+static void cost(const char *name, const char *cmd, long n)
+{
+    double with[RUNS], without[RUNS];
+    for (int i = 0; i < RUNS; i++) {
+        with[i] = run_client(1, NULL, cmd, n);
+        without[i] = run_client(0, NULL, cmd, n);
+    }
+    double mw = median(with, RUNS), mo = median(without, RUNS);
+    printf("%-58s %.0f ns vs %.0f ns: ratio %.2f\n", name, mw, mo, mw / mo);
+    fflush(stdout);
+}
+
 static const char *const disabled[] = {"LASTCALL_DISABLE=1", NULL};
 
 Test(bench, round_trips_and_pipelines)
@@ -107,6 +120,7 @@ Test(bench, round_trips_and_pipelines)
     ratio("pipelined Redis, client with an idle thread", "redis-pipeline-mt", 100000, NULL, 1.01);
     ratio("LASTCALL_DISABLE=1: pipelined Redis", "redis-pipeline", 100000, disabled, 1.005);
     ratio("LASTCALL_DISABLE=1: PQexec round trip", "pq-roundtrip", 4000, disabled, 1.005);
+    cost("sigaction(SIGTERM) set + read back, per pair", "sigaction", 200000);
 }
 
 /* MySQL/MariaDB, against a server of its own (skipped without mariadbd). */

@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
@@ -192,6 +193,23 @@ int main(int argc, char **argv)
         fflush(stdout);
         for (;;)
             pause();
+    } else if (strcmp(cmd, "sigaction") == 0) {
+        /* SIGTERM switched between SIG_DFL and SIG_IGN, then read back, as a
+         * program that guards a section does; one connection, so that the
+         * hook is in force. */
+        PGconn *c = pg();
+        struct sigaction dfl, ign, old;
+        memset(&dfl, 0, sizeof dfl);
+        memset(&ign, 0, sizeof ign);
+        dfl.sa_handler = SIG_DFL;
+        ign.sa_handler = SIG_IGN;
+        t0 = now_ns();
+        for (long i = 0; i < n; i++) {
+            sigaction(SIGTERM, i % 2 ? &dfl : &ign, NULL);
+            sigaction(SIGTERM, NULL, &old);
+        }
+        t1 = now_ns();
+        PQfinish(c);
     } else {
         return 2;
     }

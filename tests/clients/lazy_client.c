@@ -11,12 +11,17 @@
  *     exit-idle   a SIGALRM handler that calls exit(3), armed for 300 ms; pause()
  *     exit-libc   the same handler, armed every 3 ms while the loop of "libc" runs
  *     flip        the loop of "libc", switching SIGTERM between SIG_DFL and SIG_IGN
+ *     flip20      SIGTERM switched between SIG_DFL and SIG_IGN every 20 us (issue 19,
+ *                 case 7), a little libc work in between
+ *     ctor        dlopen/dlclose of the plugin in $LC_CTOR_PLUGIN (its constructor
+ *                 sleeps 200 ms under ld.so's load lock), 1 ms apart, forever
  *
  * Every connection but in "queries" and "sleep" holds an open transaction
  * (PostgreSQL logs an abrupt end only of those). Every mode prints "tasks N"
  * (its threads now) and "ready" once connected. */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <dlfcn.h>
 #include <hiredis/hiredis.h>
 #include <libpq-fe.h>
 #include <pthread.h>
@@ -25,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 static int tasks(void)
@@ -70,6 +76,24 @@ static void libc_loop(int flip)
     }
 }
 
+static long long now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+static void flip_every_20us(void)
+{
+    char text[64];
+    for (long round = 0;; round++) {
+        signal(SIGTERM, round % 2 ? SIG_IGN : SIG_DFL);
+        long long until = now_ns() + 20000;
+        while (now_ns() < until)
+            snprintf(text, sizeof text, "%ld", round);
+    }
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3)
@@ -107,6 +131,18 @@ int main(int argc, char **argv)
     if (strcmp(mode, "libc") == 0 || strcmp(mode, "exit-libc") == 0 ||
         strcmp(mode, "flip") == 0)
         libc_loop(strcmp(mode, "flip") == 0);
+    if (strcmp(mode, "flip20") == 0)
+        flip_every_20us();
+    if (strcmp(mode, "ctor") == 0)
+        for (;;) {
+            void *h = dlopen(getenv("LC_CTOR_PLUGIN"), RTLD_NOW | RTLD_LOCAL);
+            if (h == NULL) {
+                fprintf(stderr, "dlopen: %s\n", dlerror());
+                return 1;
+            }
+            dlclose(h);
+            usleep(1000);
+        }
     if (strcmp(mode, "queries") == 0)
         for (;;)
             for (int i = 0; i < npg; i++)
