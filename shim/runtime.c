@@ -374,10 +374,14 @@ void runtime_on_connect(int uses_ssl)
     if (__atomic_load_n(&runtime_pid, __ATOMIC_ACQUIRE) == self &&
         (!uses_ssl || __atomic_load_n(&ssl_atexit_registered, __ATOMIC_ACQUIRE)))
         return;
+    /* safepoint_prepare walks the loaded objects (dl_iterate_phdr, ld.so's
+     * lock): never under a lock of ours. It is idempotent. */
+    int lazy_ok = __atomic_load_n(&runtime_pid, __ATOMIC_ACQUIRE) != self && thread_can_wait() &&
+                  safepoint_prepare();
     pthread_mutex_lock(&runtime_lock);
     if (runtime_pid != self) {
         inflight_prepare_barrier();
-        if (thread_can_wait() && safepoint_prepare()) {
+        if (lazy_ok && thread_can_wait()) {
             __atomic_store_n(&drain_thread_lazy, 1, __ATOMIC_RELEASE);
         } else {
             start_drain_thread();
