@@ -706,11 +706,6 @@ static int my_server_may_send(struct lc_entry *e)
     return r;
 }
 
-/* The slot value of a thread making our KILL connection: not a handle, and
- * not NULL, so the library's calls to its own exports count as nested and
- * the closed gate does not stop them. */
-static char kill_marker;
-
 /* KILL QUERY <thread id> over a connection of our own, made with the
  * credentials the program connected with. Runs on a drain helper thread. */
 static void my_cancel(struct lc_entry *e)
@@ -725,8 +720,10 @@ static void my_cancel(struct lc_entry *e)
         MY(mysql_thread_id) == NULL)
         return;
     unsigned long id = MY(mysql_thread_id)(e->handle);
+    /* The slot says "lastcall's own call": the library's calls to its own
+     * exports pass our hooks as nested ones, gate or not. */
     void *prev = lc_inflight;
-    __atomic_store_n(&lc_inflight, (void *)&kill_marker, __ATOMIC_RELEASE);
+    __atomic_store_n(&lc_inflight, LC_OWN_CALL, __ATOMIC_RELEASE);
     lc_depth++;
     MYSQL *k = init(NULL);
     if (k && connect(k, c->host, c->user, c->passwd, NULL, c->port, c->unix_socket, 0)) {

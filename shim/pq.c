@@ -291,7 +291,7 @@ static enum pq_state pq_state(PGconn *conn)
     return PQ(PQtransactionStatus)(conn) == PQTRANS_ACTIVE ? PQS_RESULTS : PQS_IDLE;
 }
 
-static int pq_server_busy(struct lc_entry *e, int fd, int cancelled)
+static int pq_server_busy_now(struct lc_entry *e, int fd, int cancelled)
 {
     if (fd < 0 || e->failed)
         return 0;
@@ -349,7 +349,7 @@ static int pq_flush_output(PGconn *conn, int fd, int nonblocking, int64_t until_
  * rest of a message already half on the wire: a Terminate after it would
  * land inside that message), and a COPY IN is ended with CopyFail, so the
  * server aborts the COPY and stays in step with us. */
-static int pq_flush(struct lc_entry *e, int fd, int64_t until_ms)
+static int pq_flush_now(struct lc_entry *e, int fd, int64_t until_ms)
 {
     PGconn *conn = e->handle;
     if (fd < 0 || e->failed || PQ(PQstatus) == NULL || PQ(PQstatus)(conn) != CONNECTION_OK)
@@ -395,7 +395,7 @@ static int pq_send_bounded(PGconn *conn, int fd, int nonblocking, int64_t until_
  * Without this, a pooler such as PgBouncer 1.18 drops the server connection
  * of a client that leaves while its server is "not ready" (a transaction, a
  * COPY, results on the way), and the backend logs an abrupt end. */
-static int pq_settle(struct lc_entry *e, int fd, int *scratch, int64_t until_ms)
+static int pq_settle_now(struct lc_entry *e, int fd, int *scratch, int64_t until_ms)
 {
     PGconn *conn = e->handle;
     if (e->failed || PQ(PQstatus) == NULL || PQ(PQstatus)(conn) != CONNECTION_OK ||
@@ -491,7 +491,7 @@ static void pq_terminate(struct lc_entry *e, int fd)
     while (w < 0 && errno == EINTR);
 }
 
-static int pq_server_may_send(struct lc_entry *e)
+static int pq_server_may_send_now(struct lc_entry *e)
 {
     if (e->failed)
         return 0;
@@ -536,7 +536,7 @@ static int peer_is_postgres(int fd)
  * from client") for a close without close_notify, OpenSSL 3's "unexpected
  * eof". PQnotifies parses what libpq has buffered, as the drain's settle
  * does. */
-static int pq_nothing_to_say(struct lc_entry *e, int fd)
+static int pq_nothing_to_say_now(struct lc_entry *e, int fd)
 {
     PGconn *conn = e->handle;
     if (e->failed || PQ(PQstatus) == NULL || PQ(PQtransactionStatus) == NULL ||
@@ -575,6 +575,65 @@ static int pq_in_transaction(struct lc_entry *e)
         return 0;
     PGTransactionStatusType st = PQ(PQtransactionStatus)((PGconn *)e->handle);
     return st == PQTRANS_INTRANS || st == PQTRANS_INERROR;
+}
+
+/* The drain's (or a closing program's) own use of a connection no thread is
+ * inside. Its notices go nowhere from now on: libpq would hand them to the
+ * program's notice receiver or processor (program code, which may take the
+ * program's locks or call into another connection) on lastcall's thread. The
+ * program never gets it back: the gate stops its next call, and the socket is
+ * shut. libpq's calls to its own exports pass our hooks as nested calls. */
+static void pq_drop_notice(void *arg, const PGresult *res)
+{
+    (void)arg;
+    (void)res;
+}
+
+static void *pq_own_begin(struct lc_entry *e)
+{
+    if (!e->failed && PQ(PQsetNoticeReceiver))
+        PQ(PQsetNoticeReceiver)((PGconn *)e->handle, pq_drop_notice, NULL);
+    return inflight_own_begin();
+}
+
+static int pq_server_busy(struct lc_entry *e, int fd, int cancelled)
+{
+    void *own = pq_own_begin(e);
+    int r = pq_server_busy_now(e, fd, cancelled);
+    inflight_own_end(own);
+    return r;
+}
+
+static int pq_flush(struct lc_entry *e, int fd, int64_t until_ms)
+{
+    void *own = pq_own_begin(e);
+    int r = pq_flush_now(e, fd, until_ms);
+    inflight_own_end(own);
+    return r;
+}
+
+static int pq_settle(struct lc_entry *e, int fd, int *scratch, int64_t until_ms)
+{
+    void *own = pq_own_begin(e);
+    int r = pq_settle_now(e, fd, scratch, until_ms);
+    inflight_own_end(own);
+    return r;
+}
+
+static int pq_server_may_send(struct lc_entry *e)
+{
+    void *own = pq_own_begin(e);
+    int r = pq_server_may_send_now(e);
+    inflight_own_end(own);
+    return r;
+}
+
+static int pq_nothing_to_say(struct lc_entry *e, int fd)
+{
+    void *own = pq_own_begin(e);
+    int r = pq_nothing_to_say_now(e, fd);
+    inflight_own_end(own);
+    return r;
 }
 
 const struct lc_kind lc_pq_kind = {

@@ -314,9 +314,7 @@ LC_EXPORT void redisAsyncFree(redisAsyncContext *ac)
         void (*real) params = RD_HOOKED(name);                                                 \
         if (LC_UNLIKELY(real == NULL))                                                         \
             return;                                                                            \
-        INFLIGHT_ENTER(ctx);                                                                   \
-        real args;                                                                             \
-        INFLIGHT_LEAVE(ctx);                                                                   \
+        INFLIGHT_CALL(ctx, real args);                                                         \
     }
 
 REDIS_CALL_HOOK(void *, NULL, redisvCommand, c, (redisContext *c, const char *format, va_list ap),
@@ -356,12 +354,11 @@ LC_EXPORT void *redisCommand(redisContext *c, const char *format, ...)
     void *(*real)(redisContext *, const char *, va_list) = RD(redisvCommand);
     if (LC_UNLIKELY(real == NULL))
         return NULL;
-    INFLIGHT_ENTER(c);
     va_list ap;
     va_start(ap, format);
-    void *r = real(c, format, ap);
+    void *r;
+    INFLIGHT_CALL(c, r = real(c, format, ap));
     va_end(ap);
-    INFLIGHT_LEAVE(c);
     return r;
 }
 
@@ -370,12 +367,11 @@ LC_EXPORT int redisAppendCommand(redisContext *c, const char *format, ...)
     int (*real)(redisContext *, const char *, va_list) = RD(redisvAppendCommand);
     if (LC_UNLIKELY(real == NULL))
         return REDIS_ERR;
-    INFLIGHT_ENTER(c);
     va_list ap;
     va_start(ap, format);
-    int r = real(c, format, ap);
+    int r;
+    INFLIGHT_CALL(c, r = real(c, format, ap));
     va_end(ap);
-    INFLIGHT_LEAVE(c);
     return r;
 }
 
@@ -386,12 +382,11 @@ LC_EXPORT int redisAsyncCommand(redisAsyncContext *ac, redisCallbackFn *fn, void
         RD(redisvAsyncCommand);
     if (LC_UNLIKELY(real == NULL))
         return REDIS_ERR;
-    INFLIGHT_ENTER(ac);
     va_list ap;
     va_start(ap, format);
-    int r = real(ac, fn, privdata, format, ap);
+    int r;
+    INFLIGHT_CALL(ac, r = real(ac, fn, privdata, format, ap));
     va_end(ap);
-    INFLIGHT_LEAVE(ac);
     return r;
 }
 

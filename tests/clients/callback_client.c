@@ -1,0 +1,103 @@
+/* Programs whose shutdown finds them inside a call in a way the per-thread
+ * in-flight stack must see (tests/integration/test_callbacks.c).
+ *
+ *   callback_client MODE
+ *     notice       connection A's notice processor prints its thread id and,
+ *                  at the second notice, says "in callback", waits 300 ms and
+ *                  runs PQexec(B); A runs a DO block that raises a NOTICE
+ *                  every 50 ms for 10 s
+ *     notice-exit  the same, and a second thread calls exit(5) once the
+ *                  callback said "in callback"
+ *
+ * Every mode prints "main tid N" and "ready" once connected. Output is
+ * unbuffered: the process dies by a signal. */
+#define _GNU_SOURCE
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static PGconn *b_conn;
+static volatile int in_callback;
+static int notices;
+
+static PGconn *connect_pg(void)
+{
+    PGconn *c = PQconnectdb("");
+    if (PQstatus(c) != CONNECTION_OK) {
+        printf("connect failed: %s\n", PQerrorMessage(c));
+        exit(2);
+    }
+    return c;
+}
+
+static void on_notice(void *arg, const char *message)
+{
+    (void)arg;
+    (void)message;
+    printf("notice tid %d\n", (int)gettid());
+    if (++notices != 2)
+        return;
+    printf("in callback\n");
+    in_callback = 1;
+    struct timespec end, now;
+    clock_gettime(CLOCK_MONOTONIC, &end);
+    end.tv_nsec += 300 * 1000000L;
+    if (end.tv_nsec >= 1000000000L) {
+        end.tv_sec++;
+        end.tv_nsec -= 1000000000L;
+    }
+    do {
+        struct timespec ms = {0, 1000000};
+        nanosleep(&ms, NULL); /* a signal's EINTR must not shorten the wait */
+        clock_gettime(CLOCK_MONOTONIC, &now);
+    } while (now.tv_sec < end.tv_sec || (now.tv_sec == end.tv_sec && now.tv_nsec < end.tv_nsec));
+    PGresult *r = PQexec(b_conn, "SELECT 1");
+    printf("B's query in the callback: %s\n", PQresStatus(PQresultStatus(r)));
+    PQclear(r);
+}
+
+static void *exit_when_in_callback(void *arg)
+{
+    (void)arg;
+    while (!in_callback)
+        usleep(1000);
+    usleep(50 * 1000);
+    printf("exit(5)\n");
+    exit(5);
+}
+
+static void notice_mode(int with_exit)
+{
+    PGconn *a = connect_pg();
+    b_conn = connect_pg();
+    PQsetNoticeProcessor(a, on_notice, NULL);
+    if (with_exit) {
+        pthread_t t;
+        pthread_create(&t, NULL, exit_when_in_callback, NULL);
+    }
+    printf("ready\n");
+    PGresult *r = PQexec(a, "DO $$ BEGIN FOR i IN 1..200 LOOP RAISE NOTICE 'tick %', i; "
+                            "PERFORM pg_sleep(0.05); END LOOP; END $$");
+    printf("A's DO block: %s\n", PQresStatus(PQresultStatus(r)));
+    PQclear(r);
+}
+
+int main(int argc, char **argv)
+{
+    setvbuf(stdout, NULL, _IONBF, 0);
+    if (argc < 2)
+        return 2;
+    printf("main tid %d\n", (int)gettid());
+    const char *mode = argv[1];
+    if (strcmp(mode, "notice") == 0)
+        notice_mode(0);
+    else if (strcmp(mode, "notice-exit") == 0)
+        notice_mode(1);
+    else
+        return 2;
+    return 0;
+}
