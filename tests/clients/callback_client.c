@@ -8,15 +8,23 @@
  *                  every 50 ms for 10 s
  *     notice-exit  the same, and a second thread calls exit(5) once the
  *                  callback said "in callback"
+ *     threads N    N threads inside PQconnectdb to a TCP listener of our own
+ *                  that never answers, then the main thread in a Redis BLPOP
+ *                  ("blocking" just before)
  *
  * Every mode prints "main tid N" and "ready" once connected. Output is
  * unbuffered: the process dies by a signal. */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <hiredis/hiredis.h>
 #include <libpq-fe.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -86,6 +94,69 @@ static void notice_mode(int with_exit)
     PQclear(r);
 }
 
+static void *connect_forever(void *arg)
+{
+    PGconn *c = PQconnectdb(arg);
+    printf("a connect returned: %s\n", PQerrorMessage(c));
+    return NULL;
+}
+
+static void threads_mode(int n)
+{
+    /* The connects need a socket each. */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)n + 256) {
+        rl.rlim_cur = rl.rlim_max < (rlim_t)n + 256 ? rl.rlim_max : (rlim_t)n + 256;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    redisContext *rc = redisConnectUnix(getenv("LC_TEST_REDIS_SOCK"));
+    if (rc == NULL || rc->err) {
+        printf("redis connect failed\n");
+        exit(2);
+    }
+    /* A listener that never answers: each connect sends its startup packet
+     * and waits, inside PQconnectdb, for good. */
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof sa;
+    if (bind(l, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(l, 4096) != 0 ||
+        getsockname(l, (struct sockaddr *)&sa, &len) != 0) {
+        printf("listener failed\n");
+        exit(2);
+    }
+    static char conninfo[128];
+    snprintf(conninfo, sizeof conninfo,
+             "host=127.0.0.1 port=%d sslmode=disable gssencmode=disable dbname=x user=x",
+             (int)ntohs(sa.sin_port));
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 128 * 1024);
+    for (int i = 0; i < n; i++) {
+        pthread_t t;
+        if (pthread_create(&t, &attr, connect_forever, conninfo) != 0) {
+            printf("thread %d failed\n", i);
+            exit(2);
+        }
+    }
+    /* Every thread inside its connect: as many connections queued. */
+    for (int tries = 0; tries < 3000; tries++) {
+        FILE *f = fopen("/proc/self/net/tcp", "r");
+        int established = 0;
+        char line[512];
+        while (f && fgets(line, sizeof line, f))
+            established += strstr(line, " 01 ") != NULL;
+        if (f)
+            fclose(f);
+        if (established >= 2 * n)
+            break;
+        usleep(10 * 1000);
+    }
+    printf("ready\n");
+    printf("blocking\n");
+    redisReply *r = redisCommand(rc, "BLPOP lc_callbacks_never 0");
+    printf("BLPOP returned %p\n", (void *)r);
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IONBF, 0);
@@ -97,6 +168,8 @@ int main(int argc, char **argv)
         notice_mode(0);
     else if (strcmp(mode, "notice-exit") == 0)
         notice_mode(1);
+    else if (strcmp(mode, "threads") == 0 && argc > 2)
+        threads_mode(atoi(argv[2]));
     else
         return 2;
     return 0;

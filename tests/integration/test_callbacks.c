@@ -7,6 +7,8 @@
  *   status 5) within the deadline + 100 ms, and the program's callback must
  *   never run on a thread of lastcall's (the drain once read A on its own
  *   thread, delivering the NOTICE again there, and B's PQexec hung at the gate).
+ * - More than 1024 threads inside calls: the drain's snapshot sees them all
+ *   (it once stopped at 1024).
  */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
@@ -111,4 +113,24 @@ Test(callbacks, exit_from_another_thread_while_a_notice_processor_runs)
                   (long long)with_ms, b.err);
     cr_assert(notices_on_main_thread(&b), "a notice callback ran on another thread: %s", b.out);
     cr_assert_eq(pg_wait_backends_gone("cb_exit_with", 10000), 0);
+}
+
+Test(callbacks, more_than_1024_threads_inside_calls_are_all_seen)
+{
+    const char *argv[] = {CLIENT, "threads", "1100", NULL};
+    struct proc p;
+    int64_t ms;
+    start(&p, 1, argv, "cb_threads");
+    cr_assert_eq(proc_wait_for(&p, "blocking", 30000), 0, "%s %s", p.out, p.err);
+    sleep_ms(200); /* inside the BLPOP */
+    int status = end_after(&p, "blocking", SIGTERM, &ms);
+    cr_assert(died_by(status, SIGTERM), "status %d: %s %s", status, p.out, p.err);
+    const char *g = strstr(p.err, "grace over, ");
+    cr_assert_not_null(g, "%s", p.err);
+    long busy = atol(g + strlen("grace over, "));
+    fprintf(stderr, "1100 threads connecting + BLPOP: %ld busy at the end of the grace\n", busy);
+    /* 1100 connects and the main thread's BLPOP, which is registered first,
+     * so last in the list the snapshot walks. */
+    cr_assert_gt(busy, 1024, "the drain saw %ld: %s", busy, p.err);
+    cr_assert_not_null(strstr(p.err, "1 cut"), "the BLPOP was not cut: %s", p.err);
 }
