@@ -20,6 +20,19 @@
 #include "runtime.h"
 #include "symbols.h"
 
+/* libpq 17's calls, declared for older headers: their hooks answer as a
+ * failed call when the real library lacks them (only a program built against
+ * a newer libpq calls them). */
+#ifndef LIBPQ_HAS_SEND_PIPELINE_SYNC
+int PQsendPipelineSync(PGconn *conn);
+#endif
+#ifndef LIBPQ_HAS_CLOSE_PREPARED
+PGresult *PQclosePrepared(PGconn *conn, const char *stmt);
+PGresult *PQclosePortal(PGconn *conn, const char *portal);
+int PQsendClosePrepared(PGconn *conn, const char *stmt);
+int PQsendClosePortal(PGconn *conn, const char *portal);
+#endif
+
 #define PQ(name) REAL_IN(LC_LIB_PQ, name)
 #define PQ_HOOKED(name) HOOKED_REAL_IN(LC_LIB_PQ, name)
 
@@ -236,6 +249,52 @@ PQ_QUERY_HOOK(int, -1, PQputCopyEnd, (PGconn *conn, const char *errormsg), (conn
 PQ_QUERY_HOOK(int, -2, PQgetCopyData, (PGconn *conn, char **buffer, int async),
               (conn, buffer, async))
 PQ_QUERY_HOOK(int, 0, PQpipelineSync, (PGconn *conn), (conn))
+PQ_QUERY_HOOK(int, 0, PQsendFlushRequest, (PGconn *conn), (conn))
+PQ_QUERY_HOOK(int, 0, PQsendPipelineSync, (PGconn *conn), (conn))
+PQ_QUERY_HOOK(PGresult *, NULL, PQclosePrepared, (PGconn *conn, const char *stmt), (conn, stmt))
+PQ_QUERY_HOOK(PGresult *, NULL, PQclosePortal, (PGconn *conn, const char *portal),
+              (conn, portal))
+PQ_QUERY_HOOK(int, 0, PQsendClosePrepared, (PGconn *conn, const char *stmt), (conn, stmt))
+PQ_QUERY_HOOK(int, 0, PQsendClosePortal, (PGconn *conn, const char *portal), (conn, portal))
+
+/* The old COPY calls and the fast-path interface (PQfn) with the large-object
+ * calls built on it: each does I/O on the connection, and lo_import/lo_export
+ * make several PQfn calls, with file I/O between them, under one hook. */
+PQ_QUERY_HOOK(int, EOF, PQgetline, (PGconn *conn, char *buffer, int length),
+              (conn, buffer, length))
+PQ_QUERY_HOOK(int, -1, PQgetlineAsync, (PGconn *conn, char *buffer, int bufsize),
+              (conn, buffer, bufsize))
+PQ_QUERY_HOOK(int, EOF, PQputline, (PGconn *conn, const char *string), (conn, string))
+PQ_QUERY_HOOK(int, EOF, PQputnbytes, (PGconn *conn, const char *buffer, int nbytes),
+              (conn, buffer, nbytes))
+PQ_QUERY_HOOK(int, 1, PQendcopy, (PGconn *conn), (conn))
+PQ_QUERY_HOOK(PGresult *, NULL, PQfn,
+              (PGconn *conn, int fnid, int *result_buf, int *result_len, int result_is_int,
+               const PQArgBlock *args, int nargs),
+              (conn, fnid, result_buf, result_len, result_is_int, args, nargs))
+PQ_QUERY_HOOK(int, -1, lo_open, (PGconn *conn, Oid lobjId, int mode), (conn, lobjId, mode))
+PQ_QUERY_HOOK(int, -1, lo_close, (PGconn *conn, int fd), (conn, fd))
+PQ_QUERY_HOOK(int, -1, lo_read, (PGconn *conn, int fd, char *buf, size_t len),
+              (conn, fd, buf, len))
+PQ_QUERY_HOOK(int, -1, lo_write, (PGconn *conn, int fd, const char *buf, size_t len),
+              (conn, fd, buf, len))
+PQ_QUERY_HOOK(int, -1, lo_lseek, (PGconn *conn, int fd, int offset, int whence),
+              (conn, fd, offset, whence))
+PQ_QUERY_HOOK(pg_int64, -1, lo_lseek64, (PGconn *conn, int fd, pg_int64 offset, int whence),
+              (conn, fd, offset, whence))
+PQ_QUERY_HOOK(Oid, InvalidOid, lo_creat, (PGconn *conn, int mode), (conn, mode))
+PQ_QUERY_HOOK(Oid, InvalidOid, lo_create, (PGconn *conn, Oid lobjId), (conn, lobjId))
+PQ_QUERY_HOOK(int, -1, lo_tell, (PGconn *conn, int fd), (conn, fd))
+PQ_QUERY_HOOK(pg_int64, -1, lo_tell64, (PGconn *conn, int fd), (conn, fd))
+PQ_QUERY_HOOK(int, -1, lo_truncate, (PGconn *conn, int fd, size_t len), (conn, fd, len))
+PQ_QUERY_HOOK(int, -1, lo_truncate64, (PGconn *conn, int fd, pg_int64 len), (conn, fd, len))
+PQ_QUERY_HOOK(int, -1, lo_unlink, (PGconn *conn, Oid lobjId), (conn, lobjId))
+PQ_QUERY_HOOK(Oid, InvalidOid, lo_import, (PGconn *conn, const char *filename),
+              (conn, filename))
+PQ_QUERY_HOOK(Oid, InvalidOid, lo_import_with_oid,
+              (PGconn *conn, const char *filename, Oid lobjId), (conn, filename, lobjId))
+PQ_QUERY_HOOK(int, -1, lo_export, (PGconn *conn, Oid lobjId, const char *filename),
+              (conn, lobjId, filename))
 
 /* ---- drain operations ---- */
 

@@ -22,6 +22,10 @@
 #include "runtime.h"
 #include "symbols.h"
 
+/* hiredis 1.x's timer call, declared for 0.14's headers (the hook answers as
+ * a no-op where the real library lacks it). */
+void redisAsyncHandleTimeout(redisAsyncContext *ac);
+
 #define RD(name) REAL_IN(LC_LIB_HIREDIS, name)
 #define RD_HOOKED(name) HOOKED_REAL_IN(LC_LIB_HIREDIS, name)
 
@@ -347,6 +351,7 @@ REDIS_CALL_HOOK(int, REDIS_ERR, redisAsyncFormattedCommand, ac,
 REDIS_VOID_HOOK(redisAsyncHandleRead, ac, (redisAsyncContext *ac), (ac))
 REDIS_VOID_HOOK(redisAsyncHandleWrite, ac, (redisAsyncContext *ac), (ac))
 REDIS_VOID_HOOK(redisAsyncDisconnect, ac, (redisAsyncContext *ac), (ac))
+REDIS_VOID_HOOK(redisAsyncHandleTimeout, ac, (redisAsyncContext *ac), (ac))
 
 /* The variadic entry points forward to their va_list twins in the real library. */
 LC_EXPORT void *redisCommand(redisContext *c, const char *format, ...)

@@ -8,6 +8,11 @@
  *                  every 50 ms for 10 s
  *     notice-exit  the same, and a second thread calls exit(5) once the
  *                  callback said "in callback"
+ *     getline      COPY ... TO STDOUT of a slow query read with PQgetline;
+ *                  "copying" after the first line
+ *     lo-write     B holds an uncommitted lo_write on page 0 of a large
+ *                  object; A's lo_write of the same page waits for it
+ *                  ("writing" just before)
  *     threads N    N threads inside PQconnectdb to a TCP listener of our own
  *                  that never answers, then the main thread in a Redis BLPOP
  *                  ("blocking" just before)
@@ -18,6 +23,7 @@
 #include <arpa/inet.h>
 #include <hiredis/hiredis.h>
 #include <libpq-fe.h>
+#include <libpq/libpq-fs.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -40,6 +46,17 @@ static PGconn *connect_pg(void)
         exit(2);
     }
     return c;
+}
+
+static void exec_ok(PGconn *c, const char *sql)
+{
+    PGresult *r = PQexec(c, sql);
+    ExecStatusType st = PQresultStatus(r);
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+        printf("%s failed: %s\n", sql, PQerrorMessage(c));
+        exit(2);
+    }
+    PQclear(r);
 }
 
 static void on_notice(void *arg, const char *message)
@@ -92,6 +109,55 @@ static void notice_mode(int with_exit)
                             "PERFORM pg_sleep(0.05); END LOOP; END $$");
     printf("A's DO block: %s\n", PQresStatus(PQresultStatus(r)));
     PQclear(r);
+}
+
+static void getline_mode(void)
+{
+    PGconn *a = connect_pg();
+    printf("ready\n");
+    PGresult *r = PQexec(a, "COPY (SELECT g, pg_sleep(0.01) FROM generate_series(1, 100000) g) "
+                            "TO STDOUT");
+    if (PQresultStatus(r) != PGRES_COPY_OUT) {
+        printf("COPY failed: %s\n", PQerrorMessage(a));
+        exit(2);
+    }
+    PQclear(r);
+    char line[256];
+    int first = 1;
+    while (PQgetline(a, line, sizeof line) == 0) {
+        if (strcmp(line, "\\.") == 0)
+            break;
+        if (first)
+            printf("copying\n");
+        first = 0;
+    }
+    printf("COPY ended\n");
+    PQendcopy(a);
+}
+
+static void lo_write_mode(void)
+{
+    PGconn *a = connect_pg();
+    PGconn *b = connect_pg();
+    exec_ok(b, "BEGIN");
+    Oid oid = lo_creat(b, INV_READ | INV_WRITE);
+    exec_ok(b, "COMMIT");
+    exec_ok(b, "BEGIN");
+    int fd = lo_open(b, oid, INV_WRITE);
+    if (fd < 0 || lo_write(b, fd, "held", 4) != 4) {
+        printf("B's lo_write failed: %s\n", PQerrorMessage(b));
+        exit(2);
+    }
+    exec_ok(a, "BEGIN");
+    int fa = lo_open(a, oid, INV_WRITE);
+    if (fa < 0) {
+        printf("A's lo_open failed: %s\n", PQerrorMessage(a));
+        exit(2);
+    }
+    printf("ready\n");
+    printf("writing\n");
+    int w = lo_write(a, fa, "wait", 4);
+    printf("A's lo_write returned %d: %s\n", w, PQerrorMessage(a));
 }
 
 static void *connect_forever(void *arg)
@@ -168,6 +234,10 @@ int main(int argc, char **argv)
         notice_mode(0);
     else if (strcmp(mode, "notice-exit") == 0)
         notice_mode(1);
+    else if (strcmp(mode, "getline") == 0)
+        getline_mode();
+    else if (strcmp(mode, "lo-write") == 0)
+        lo_write_mode();
     else if (strcmp(mode, "threads") == 0 && argc > 2)
         threads_mode(atoi(argv[2]));
     else

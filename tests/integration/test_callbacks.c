@@ -7,6 +7,8 @@
  *   status 5) within the deadline + 100 ms, and the program's callback must
  *   never run on a thread of lastcall's (the drain once read A on its own
  *   thread, delivering the NOTICE again there, and B's PQexec hung at the gate).
+ * - PQgetline and lo_write in progress: a thread inside them is inside the
+ *   connection (grace, then cancel), and the close is clean.
  * - More than 1024 threads inside calls: the drain's snapshot sees them all
  *   (it once stopped at 1024).
  */
@@ -113,6 +115,40 @@ Test(callbacks, exit_from_another_thread_while_a_notice_processor_runs)
                   (long long)with_ms, b.err);
     cr_assert(notices_on_main_thread(&b), "a notice callback ran on another thread: %s", b.out);
     cr_assert_eq(pg_wait_backends_gone("cb_exit_with", 10000), 0);
+}
+
+/* SIGTERM while MODE's client is inside a call that waits for the server:
+ * busy for the grace, then cancelled, closed cleanly. */
+static void busy_call(const char *mode, const char *needle, const char *app)
+{
+    const char *argv[] = {CLIENT, mode, NULL};
+    struct proc p;
+    int64_t ms;
+    start(&p, 1, argv, app);
+    cr_assert_eq(proc_wait_for(&p, needle, 30000), 0, "%s %s", p.out, p.err);
+    sleep_ms(100); /* well inside the call */
+    int status = end_after(&p, needle, SIGTERM, &ms);
+    fprintf(stderr, "%s: SIGTERM to death %lld ms\n%s", mode, (long long)ms, p.err);
+    cr_assert(died_by(status, SIGTERM), "status %d: %s %s", status, p.out, p.err);
+    cr_assert_geq(ms, GRACE_MS - 20, "ended before the grace: not seen as busy: %s", p.err);
+    cr_assert_leq(ms, DEADLINE_MS + 100 + slack_ms(), "%s", p.err);
+    cr_assert_not_null(strstr(p.err, "1 cancel request"), "no cancel: %s", p.err);
+    cr_assert_eq(pg_wait_backends_gone(app, 10000), 0);
+    cr_assert_geq(pg_log_count(app, "canceling statement due to user request"), 1);
+    int abrupt = pg_log_abrupt(app);
+    if (abrupt)
+        pg_log_dump_app(app);
+    cr_assert_eq(abrupt, 0);
+}
+
+Test(callbacks, pqgetline_in_progress_is_in_flight)
+{
+    busy_call("getline", "copying", "cb_getline");
+}
+
+Test(callbacks, lo_write_in_progress_is_in_flight)
+{
+    busy_call("lo-write", "writing", "cb_lo_write");
 }
 
 Test(callbacks, more_than_1024_threads_inside_calls_are_all_seen)
