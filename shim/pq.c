@@ -14,6 +14,7 @@
 
 #include "drain.h"
 #include "inflight.h"
+#include "kinds.h"
 #include "lc.h"
 #include "log.h"
 #include "registry.h"
@@ -33,8 +34,37 @@ int PQsendClosePrepared(PGconn *conn, const char *stmt);
 int PQsendClosePortal(PGconn *conn, const char *portal);
 #endif
 
-#define PQ(name) REAL_IN(LC_LIB_PQ, name)
+/* Every libpq function this file calls outside the hooks' own real calls,
+ * resolved at the first tracked connect (see kinds.h): the drain only reads
+ * the caches. */
+#define PQ_REALS(X)                                                                            \
+    X(PQcancel) X(PQclear) X(PQconsumeInput) X(PQdb) X(PQexitPipelineMode)                    \
+    X(PQflush) X(PQfreeCancel) X(PQfreemem) X(PQgetCancel) X(PQgetCopyData) X(PQgetResult)    \
+    X(PQhost) X(PQisBusy) X(PQisnonblocking) X(PQnotifies) X(PQpipelineStatus)                \
+    X(PQpipelineSync) X(PQport) X(PQputCopyEnd) X(PQresultStatus) X(PQsendQuery)              \
+    X(PQsetNoticeReceiver) X(PQsocket) X(PQsslInUse) X(PQsslStruct) X(PQstatus)               \
+    X(PQtransactionStatus)
+#define PQ_REAL_INDEX(fn) pqr_##fn,
+enum { PQ_REALS(PQ_REAL_INDEX) pqr_count };
+static const char *const pq_real_names[] = {PQ_REALS(LC_REALS_NAME)};
+static void *pq_real_cache[pqr_count];
+static struct lc_reals pq_reals = {LC_LIB_PQ, pqr_count, pq_real_names, pq_real_cache, 0};
+#define PQ(fn) ((__typeof__(&fn))lc_real(&pq_real_cache[pqr_##fn], &pq_reals, pqr_##fn))
 #define PQ_HOOKED(name) HOOKED_REAL_IN(LC_LIB_PQ, name)
+
+/* libssl as libpq links it: the TLS goodbye's one function. */
+typedef int (*ssl_write_fn)(void *ssl, const void *buf, int num);
+static const char *const ssl_real_names[] = {"SSL_write"};
+static void *ssl_real_cache[1];
+static struct lc_reals ssl_reals = {LC_LIB_SSL, 1, ssl_real_names, ssl_real_cache, 0};
+
+/* Before anything of CONN's is registered: no drain can see it yet. */
+static void pq_resolve(PGconn *conn)
+{
+    lc_reals_resolve(&pq_reals);
+    if (PQ(PQsslInUse) && PQ(PQsslInUse)(conn))
+        lc_reals_resolve(&ssl_reals);
+}
 
 /* ---- connect path ---- */
 
@@ -63,6 +93,8 @@ static void pq_free_cancel(void *cancel)
 
 static void pq_track(PGconn *conn)
 {
+    if (conn != NULL)
+        pq_resolve(conn);
     if (conn == NULL || PQ(PQstatus) == NULL)
         return;
     int failed = PQ(PQstatus)(conn) == CONNECTION_BAD;
@@ -76,6 +108,8 @@ static void pq_track(PGconn *conn)
 /* PQreset and a finished PQconnectPoll: same PGconn, new backend, new key. */
 static void pq_refresh(PGconn *conn)
 {
+    if (conn != NULL)
+        pq_resolve(conn);
     if (conn == NULL || PQ(PQstatus) == NULL)
         return;
     int failed = PQ(PQstatus)(conn) == CONNECTION_BAD;
@@ -95,7 +129,7 @@ static PGconn *pq_refused(void)
     /* A signal drain parks the thread for good: failing would run the
      * program's error path (log, retry, exit(1)) after a fatal signal. */
     gate_wait();
-    PGconn *(*real)(const char *) = PQ(PQconnectdb);
+    PGconn *(*real)(const char *) = PQ_HOOKED(PQconnectdb);
     if (real == NULL)
         return NULL;
     lc_depth++;
@@ -525,8 +559,6 @@ static int pq_settle_now(struct lc_entry *e, int fd, int *scratch, int64_t until
     return LC_SETTLE_GIVE_UP;
 }
 
-typedef int (*ssl_write_fn)(void *ssl, const void *buf, int num);
-
 static void pq_terminate(struct lc_entry *e, int fd)
 {
     /* The Terminate message: 'X' and a 4-byte length of 4. The backend then
@@ -534,9 +566,7 @@ static void pq_terminate(struct lc_entry *e, int fd)
     static const char terminate_msg[5] = {'X', 0, 0, 0, 4};
     PGconn *conn = e->handle;
     if (PQ(PQsslInUse) && PQ(PQsslInUse)(conn)) {
-        static void *ssl_write_cache;
-        ssl_write_fn ssl_write =
-            (ssl_write_fn)sym_cached(&ssl_write_cache, LC_LIB_SSL, "SSL_write", NULL);
+        ssl_write_fn ssl_write = (ssl_write_fn)lc_real(&ssl_real_cache[0], &ssl_reals, 0);
         void *ssl = PQ(PQsslStruct) ? PQ(PQsslStruct)(conn, "OpenSSL") : NULL;
         if (ssl_write && ssl) {
             lc_set_nonblocking(fd); /* a full socket cannot hang us */

@@ -16,6 +16,7 @@
 
 #include "drain.h"
 #include "inflight.h"
+#include "kinds.h"
 #include "lc.h"
 #include "log.h"
 #include "registry.h"
@@ -26,7 +27,19 @@
  * a no-op where the real library lacks it). */
 void redisAsyncHandleTimeout(redisAsyncContext *ac);
 
-#define RD(name) REAL_IN(LC_LIB_HIREDIS, name)
+/* Every hiredis function this file calls outside the hooks' own real calls,
+ * resolved at the first tracked connect (see kinds.h): the drain only reads
+ * the caches. The drain calls only redisBufferWrite, which runs no callback
+ * of the program's (an async context's callbacks run from
+ * redisAsyncHandleRead/Write, redisProcessCallbacks and the frees, none of
+ * which lastcall calls). */
+#define RD_REALS(X) X(redisBufferWrite) X(redisvCommand) X(redisvAppendCommand) X(redisvAsyncCommand)
+#define RD_REAL_INDEX(fn) rdr_##fn,
+enum { RD_REALS(RD_REAL_INDEX) rdr_count };
+static const char *const rd_real_names[] = {RD_REALS(LC_REALS_NAME)};
+static void *rd_real_cache[rdr_count];
+static struct lc_reals rd_reals = {LC_LIB_HIREDIS, rdr_count, rd_real_names, rd_real_cache, 0};
+#define RD(fn) ((__typeof__(&fn))lc_real(&rd_real_cache[rdr_##fn], &rd_reals, rdr_##fn))
 #define RD_HOOKED(name) HOOKED_REAL_IN(LC_LIB_HIREDIS, name)
 
 /* The options-struct connects exist only in hiredis 1.x. Against 0.14's
@@ -80,6 +93,7 @@ static void redis_track(void *ctx, int is_async, const char *target)
 {
     if (ctx == NULL)
         return;
+    lc_reals_resolve(&rd_reals);
     lc_track_connect(LC_KIND_REDIS, ctx, is_async, redis_context_err(ctx) != 0,
                      redis_context_fd(ctx), target, NULL, 0);
 }

@@ -13,6 +13,9 @@
  *     lo-write     B holds an uncommitted lo_write on page 0 of a large
  *                  object; A's lo_write of the same page waits for it
  *                  ("writing" just before)
+ *     plugin PATH  a connection idle in a transaction and a thread of the
+ *                  program's that sleeps; then dlopen(PATH), whose constructor
+ *                  sleeps with the loader's lock held
  *     threads N    N threads inside PQconnectdb to a TCP listener of our own
  *                  that never answers, then the main thread in a Redis BLPOP
  *                  ("blocking" just before)
@@ -21,6 +24,7 @@
  * unbuffered: the process dies by a signal. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <dlfcn.h>
 #include <hiredis/hiredis.h>
 #include <libpq-fe.h>
 #include <libpq/libpq-fs.h>
@@ -223,6 +227,26 @@ static void threads_mode(int n)
     printf("BLPOP returned %p\n", (void *)r);
 }
 
+static void *sleep_forever(void *arg)
+{
+    (void)arg;
+    for (;;)
+        pause();
+    return NULL;
+}
+
+static void plugin_mode(const char *path)
+{
+    PGconn *a = connect_pg();
+    exec_ok(a, "BEGIN");
+    exec_ok(a, "SELECT 1");
+    pthread_t t;
+    pthread_create(&t, NULL, sleep_forever, NULL);
+    printf("ready\n");
+    void *h = dlopen(path, RTLD_NOW);
+    printf("dlopen returned %p\n", h);
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IONBF, 0);
@@ -238,6 +262,8 @@ int main(int argc, char **argv)
         getline_mode();
     else if (strcmp(mode, "lo-write") == 0)
         lo_write_mode();
+    else if (strcmp(mode, "plugin") == 0 && argc > 2)
+        plugin_mode(argv[2]);
     else if (strcmp(mode, "threads") == 0 && argc > 2)
         threads_mode(atoi(argv[2]));
     else

@@ -11,6 +11,10 @@
  *   connection (grace, then cancel), and the close is clean.
  * - More than 1024 threads inside calls: the drain's snapshot sees them all
  *   (it once stopped at 1024).
+ * - A drain while the loader's lock is held (a plugin's constructor runs):
+ *   every libpq function the drain needs was resolved at the first connect,
+ *   so it makes no loader call and ends in time (it once looked each one up
+ *   at its first use, and waited for the constructor).
  */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
@@ -169,4 +173,23 @@ Test(callbacks, more_than_1024_threads_inside_calls_are_all_seen)
      * so last in the list the snapshot walks. */
     cr_assert_gt(busy, 1024, "the drain saw %ld: %s", busy, p.err);
     cr_assert_not_null(strstr(p.err, "1 cut"), "the BLPOP was not cut: %s", p.err);
+}
+
+Test(callbacks, a_drain_needs_no_loader_call)
+{
+    const char *argv[] = {CLIENT, "plugin", build_path("tests/clients/sleepy_plugin.so"), NULL};
+    struct proc p;
+    int64_t ms;
+    start(&p, 1, argv, "cb_plugin");
+    int status = end_after(&p, "in constructor", SIGTERM, &ms);
+    fprintf(stderr, "SIGTERM during a plugin constructor: %lld ms\n%s", (long long)ms, p.err);
+    cr_assert(died_by(status, SIGTERM), "status %d: %s %s", status, p.out, p.err);
+    /* The constructor sleeps 5 s: a drain waiting for the loader ends after it. */
+    cr_assert_leq(ms, DEADLINE_MS + 100 + slack_ms(), "%s", p.err);
+    cr_assert_not_null(strstr(p.err, "drained 1 PostgreSQL"), "%s", p.err);
+    cr_assert_eq(pg_wait_backends_gone("cb_plugin", 10000), 0);
+    int abrupt = pg_log_abrupt("cb_plugin");
+    if (abrupt)
+        pg_log_dump_app("cb_plugin");
+    cr_assert_eq(abrupt, 0);
 }
