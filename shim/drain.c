@@ -89,13 +89,29 @@ static void sleep_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
-/* The handles threads are inside, refreshed once per round. */
-static void *inside[1024];
-static size_t n_inside;
+/* The handles threads are inside (every frame of every thread's stack),
+ * refreshed once per round. The array grows to what the snapshot reports,
+ * outside its lock; a round whose allocation fails keeps the last complete
+ * snapshot rather than a truncated one, which would make busy connections
+ * look idle. */
+static void **inside;
+static size_t n_inside, inside_cap;
 
 static void refresh_inside(void)
 {
-    n_inside = inflight_snapshot(inside, sizeof inside / sizeof inside[0]);
+    for (int tries = 0; tries < 4; tries++) {
+        size_t n = inflight_snapshot_all(inside, inside_cap);
+        if (n <= inside_cap) {
+            n_inside = n;
+            return;
+        }
+        size_t cap = n + n / 2 + 64;
+        void **bigger = realloc(inside, cap * sizeof *bigger);
+        if (bigger == NULL)
+            return;
+        inside = bigger;
+        inside_cap = cap;
+    }
 }
 
 /* The exiting thread, frozen in exit(), is in an abandoned call: its slot

@@ -15,7 +15,9 @@
 #include "symbols.h"
 
 __thread void *lc_inflight __attribute__((tls_model("initial-exec")));
+__thread struct lc_outer lc_outer __attribute__((tls_model("initial-exec")));
 char lc_connecting;
+char lc_own_call;
 /* No FENCE until a connect finds membarrier missing: before the first tracked
  * connect no drain can start, so no hook needs to fence (and with
  * LASTCALL_DISABLE=1, or in a process that never connects, every hook stays
@@ -26,6 +28,7 @@ int lc_gate_closed;
 /* Registered slots: the address of each live thread's lc_inflight. */
 struct slot_ref {
     void **slot;
+    struct lc_outer *outer;
     struct slot_ref *next;
 };
 static struct slot_ref *slots;
@@ -84,6 +87,7 @@ void inflight_register_thread(void)
     if (r == NULL)
         return;
     r->slot = &lc_inflight;
+    r->outer = &lc_outer;
 #ifdef __SANITIZE_THREAD__
     /* No trampoline under TSan: a key destructor takes the slot off the list. */
     static pthread_once_t key_once = PTHREAD_ONCE_INIT;
@@ -120,17 +124,43 @@ static void unregister_thread(void)
     registered = 0;
 }
 
-size_t inflight_snapshot(void **out, size_t max)
+static void snap_put(void **out, size_t max, size_t *n, void *h)
+{
+    if (h == NULL)
+        return;
+    if (*n < max)
+        out[*n] = h;
+    (*n)++;
+}
+
+/* Per thread: the slot, its outer frames, the slot again. A nested call
+ * pushes the outer handle before it stores the inner one, and on its way out
+ * stores the outer handle back before it pops it, so between the two reads
+ * of the slot every handle the thread is inside is seen at least once. */
+size_t inflight_snapshot_all(void **out, size_t max)
 {
     size_t n = 0;
     pthread_mutex_lock(&slots_lock);
-    for (struct slot_ref *r = slots; r && n < max; r = r->next) {
-        void *h = __atomic_load_n(r->slot, __ATOMIC_ACQUIRE);
-        if (h)
-            out[n++] = h;
+    for (struct slot_ref *r = slots; r; r = r->next) {
+        void *first_read = __atomic_load_n(r->slot, __ATOMIC_ACQUIRE);
+        snap_put(out, max, &n, first_read);
+        unsigned depth = __atomic_load_n(&r->outer->n, __ATOMIC_ACQUIRE);
+        if (depth > LC_OUTER_MAX)
+            depth = LC_OUTER_MAX;
+        for (unsigned i = 0; i < depth; i++)
+            snap_put(out, max, &n, __atomic_load_n(&r->outer->h[i], __ATOMIC_RELAXED));
+        void *second_read = __atomic_load_n(r->slot, __ATOMIC_ACQUIRE);
+        if (second_read != first_read)
+            snap_put(out, max, &n, second_read);
     }
     pthread_mutex_unlock(&slots_lock);
     return n;
+}
+
+size_t inflight_snapshot(void **out, size_t max)
+{
+    size_t n = inflight_snapshot_all(out, max);
+    return n < max ? n : max;
 }
 
 int inflight_contains(void *const *snap, size_t n, const void *handle)
@@ -219,7 +249,9 @@ void inflight_set_touch(int on)
 
 /* ---- slow paths ---- */
 
-void inflight_slow_enter(void *prev, void *handle)
+/* After the slot is stored: a full barrier if the hooks fence themselves;
+ * returns the flags as read after it. */
+static unsigned flags_after_store(void)
 {
     unsigned flags = __atomic_load_n(&lc_hook_flags, __ATOMIC_RELAXED);
     if (flags & LC_FLAG_FENCE) {
@@ -228,26 +260,72 @@ void inflight_slow_enter(void *prev, void *handle)
          * instruction) and, unlike a bare fence, ThreadSanitizer models it. */
         flags = __atomic_fetch_or(&lc_hook_flags, 0, __ATOMIC_SEQ_CST);
     }
-    if (prev != NULL)
-        return; /* nested: the outermost call decides */
-    if (flags & LC_FLAG_TOUCH)
-        runtime_touch(handle); /* a use counts from its start */
-    if (flags & LC_FLAG_GATE) {
-        __atomic_store_n(&lc_inflight, NULL, __ATOMIC_RELEASE);
-        gate_wait();
-        __atomic_store_n(&lc_inflight, handle, __ATOMIC_SEQ_CST);
-    }
+    return flags;
 }
 
-void inflight_slow_leave(void *prev)
+/* The gate is closed: wait with the slot showing OUTER (NULL for an
+ * outermost call, the outer frame's handle for a nested one: that call can
+ * never progress now, and the drain must know it is inside it). */
+static void wait_at_gate(void *outer, void *handle)
+{
+    __atomic_store_n(&lc_inflight, outer, __ATOMIC_RELEASE);
+    gate_wait();
+    __atomic_store_n(&lc_inflight, handle, __ATOMIC_SEQ_CST);
+}
+
+void inflight_slow_enter(void *handle)
+{
+    unsigned flags = flags_after_store();
+    if (flags & LC_FLAG_TOUCH)
+        runtime_touch(handle); /* a use counts from its start */
+    if (flags & LC_FLAG_GATE)
+        wait_at_gate(NULL, handle);
+}
+
+void inflight_slow_leave(void)
 {
     unsigned flags = __atomic_load_n(&lc_hook_flags, __ATOMIC_ACQUIRE);
-    if (prev != NULL)
-        return; /* nested: the outermost call decides */
     /* A call that was in flight when the drain began may finish, but its
      * thread must not run on into the program's own code. */
     if (flags & LC_FLAG_GATE)
         gate_wait();
+}
+
+/* A call on HANDLE made from inside a call on PREV: libpq calling its own
+ * exports (the same handle: nothing changes), or the program's code run by the
+ * library (a notice processor, a hiredis callback) calling into another
+ * connection. That one is a new call like any other: it goes through the gate,
+ * and the outer handle stays visible to the drain, pushed before the inner one
+ * is stored. */
+void inflight_nested_enter(void *prev, void *handle)
+{
+    if (prev == handle || prev == LC_OWN_CALL)
+        return;
+    unsigned n = lc_outer.n;
+    if (n < LC_OUTER_MAX)
+        __atomic_store_n(&lc_outer.h[n], prev, __ATOMIC_RELAXED);
+    __atomic_store_n(&lc_outer.n, n + 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&lc_inflight, handle, __ATOMIC_RELEASE);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    unsigned flags = flags_after_store();
+    if (flags & LC_FLAG_TOUCH)
+        runtime_touch(handle);
+    if (flags & LC_FLAG_GATE)
+        wait_at_gate(prev, handle);
+}
+
+void inflight_leave_rare(void *prev, void *handle)
+{
+    if (prev == NULL) {
+        inflight_slow_leave();
+        return;
+    }
+    if (prev == handle || prev == LC_OWN_CALL)
+        return;
+    /* The outer handle is back in the slot (INFLIGHT_LEAVE stored it):
+     * only now does it leave the stack. */
+    unsigned n = lc_outer.n;
+    __atomic_store_n(&lc_outer.n, n > 0 ? n - 1 : 0, __ATOMIC_RELEASE);
 }
 
 /* ---- the gate ---- */

@@ -16,11 +16,27 @@
 #include <stdint.h>
 
 extern __thread void *lc_inflight __attribute__((tls_model("initial-exec")));
+/* The handles of the outer frames of nested calls on other handles (a notice
+ * processor of connection A running PQexec(B)): outermost first. Only the
+ * rare nested path writes it; the drain's snapshot reads it with the slot. A
+ * nesting deeper than LC_OUTER_MAX keeps the count right but the frames past
+ * the array unseen. */
+#define LC_OUTER_MAX 7
+struct lc_outer {
+    unsigned n;
+    void *h[LC_OUTER_MAX];
+};
+extern __thread struct lc_outer lc_outer __attribute__((tls_model("initial-exec")));
 /* The slot value of a thread inside a connect call: there is no handle yet,
  * but the drain waits for it (in the grace period) and the signal handler
  * lets it finish rather than parking it mid-handshake. */
 extern char lc_connecting;
 #define LC_CONNECTING ((void *)&lc_connecting)
+/* The slot value of a thread making lastcall's own calls into a library (the
+ * drain reading a connection, a KILL connection): every call nested in it
+ * passes, gate or not. */
+extern char lc_own_call;
+#define LC_OWN_CALL ((void *)&lc_own_call)
 
 enum {
     LC_FLAG_GATE = 1,      /* a drain closed the gate */
@@ -43,10 +59,28 @@ static inline unsigned lc_flags(void)
     return __atomic_load_n(&lc_hook_flags, __ATOMIC_RELAXED);
 #endif
 }
+/* The same, as wide as a pointer (so it ORs with one without an extension). */
+static inline uintptr_t lc_flags_wide(void)
+{
+#if defined(__x86_64__) && defined(__PIC__)
+    uintptr_t v;
+    __asm__ volatile("movl lc_hook_flags(%%rip), %k0" : "=r"(v));
+    return v;
+#else
+    return __atomic_load_n(&lc_hook_flags, __ATOMIC_RELAXED);
+#endif
+}
 extern int lc_gate_closed;     /* the gate alone, for the connect paths */
 
-void inflight_slow_enter(void *prev, void *handle);
-void inflight_slow_leave(void *prev);
+void inflight_slow_enter(void *handle);
+void inflight_slow_leave(void);
+/* A call made while this thread is already inside PREV: the same handle
+ * (libpq calling its own exports) changes nothing; another one (a program
+ * callback calling into a second connection) pushes PREV and goes through the
+ * gate itself. */
+void inflight_nested_enter(void *prev, void *handle);
+/* INFLIGHT_LEAVE's rare cases: a nested call (PREV set), or flags. */
+void inflight_leave_rare(void *prev, void *handle);
 /* Implemented in runtime.c: LASTCALL_LEAK_AGE's "used now". */
 void runtime_touch(void *handle);
 
@@ -59,21 +93,53 @@ void runtime_touch(void *handle);
 #define LC_REGISTER_THREAD() ((void)0)
 #endif
 
-/* Marks this thread inside HANDLE for one call. Nested calls (libpq calling
- * its own exports) save and restore the outer value; only the outermost call
- * is ever parked by the gate. */
+/* Marks this thread inside HANDLE for one call. The outermost call (the slot
+ * empty) is the fast path; a nested one takes inflight_nested_enter, before
+ * anything is stored, so the drain never sees the inner handle without the
+ * outer one. Only an outermost call is parked on its way out. */
 #define INFLIGHT_ENTER(handle)                                                                 \
     LC_REGISTER_THREAD();                                                                      \
     void *lc_prev_ = lc_inflight;                                                              \
-    __atomic_store_n(&lc_inflight, (void *)(handle), __ATOMIC_RELAXED);                        \
-    __atomic_signal_fence(__ATOMIC_SEQ_CST);                                                   \
-    if (__builtin_expect(lc_flags() != 0, 0))           \
-        inflight_slow_enter(lc_prev_, (void *)(handle))
+    if (__builtin_expect(lc_prev_ != NULL, 0)) {                                               \
+        inflight_nested_enter(lc_prev_, (void *)(handle));                                     \
+    } else {                                                                                   \
+        __atomic_store_n(&lc_inflight, (void *)(handle), __ATOMIC_RELAXED);                    \
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);                                               \
+        if (__builtin_expect(lc_flags() != 0, 0))                                              \
+            inflight_slow_enter((void *)(handle));                                             \
+    }
 
+/* The previous value goes back first (for a nested call, the outer handle
+ * before it leaves the stack); one OR folds "nested" into the flags test. */
 #define INFLIGHT_LEAVE(handle)                                                                 \
     __atomic_store_n(&lc_inflight, lc_prev_, __ATOMIC_RELEASE);                                \
-    if (__builtin_expect(lc_flags() != 0, 0))           \
-    inflight_slow_leave(lc_prev_)
+    if (__builtin_expect((lc_flags_wide() | (uintptr_t)lc_prev_) != 0, 0))                     \
+        inflight_leave_rare(lc_prev_, (void *)(handle))
+
+/* INFLIGHT_ENTER, STMT, INFLIGHT_LEAVE with STMT written twice: the outermost
+ * call (the fast path) then needs no register for the previous value and
+ * empties the slot with a constant, as LC_TRACKED_CALL_HOOK does. For hooks
+ * that cannot forward their arguments (variadic) and are hot. */
+#define INFLIGHT_CALL(handle, stmt)                                                            \
+    do {                                                                                       \
+        LC_REGISTER_THREAD();                                                                  \
+        if (__builtin_expect(lc_inflight != NULL, 0)) {                                        \
+            void *lc_outer_h_ = lc_inflight;                                                   \
+            inflight_nested_enter(lc_outer_h_, (void *)(handle));                              \
+            stmt;                                                                              \
+            __atomic_store_n(&lc_inflight, lc_outer_h_, __ATOMIC_RELEASE);                     \
+            inflight_leave_rare(lc_outer_h_, (void *)(handle));                                \
+        } else {                                                                               \
+            __atomic_store_n(&lc_inflight, (void *)(handle), __ATOMIC_RELAXED);                \
+            __atomic_signal_fence(__ATOMIC_SEQ_CST);                                           \
+            if (__builtin_expect(lc_flags() != 0, 0))                                          \
+                inflight_slow_enter((void *)(handle));                                         \
+            stmt;                                                                              \
+            __atomic_store_n(&lc_inflight, NULL, __ATOMIC_RELEASE);                            \
+            if (__builtin_expect(lc_flags() != 0, 0))                                          \
+                inflight_slow_leave();                                                         \
+        }                                                                                      \
+    } while (0)
 
 /* One query/command hook: HANDLE is the expression naming the connection
  * among PARAMS; LOOKUP finds the real NAME. The real function is reached
@@ -102,19 +168,35 @@ void runtime_touch(void *handle);
     LC_EXPORT ret name params                                                                  \
     {                                                                                          \
         LC_REGISTER_THREAD();                                                                  \
-        void *prev = lc_inflight;                                                              \
+        if (__builtin_expect(lc_inflight != NULL, 0))                                          \
+            return slow_##name args; /* nested */                                              \
         __atomic_store_n(&lc_inflight, (void *)handle, __ATOMIC_RELAXED);                      \
         __atomic_signal_fence(__ATOMIC_SEQ_CST);                                               \
         if (__builtin_expect(lc_flags() != 0, 0)) {                                            \
-            __atomic_store_n(&lc_inflight, prev, __ATOMIC_RELAXED);                            \
+            __atomic_store_n(&lc_inflight, NULL, __ATOMIC_RELAXED);                            \
             return slow_##name args;                                                           \
         }                                                                                      \
         ret r = __atomic_load_n(&real_##name, __ATOMIC_RELAXED) args;                          \
-        __atomic_store_n(&lc_inflight, prev, __ATOMIC_RELEASE);                                \
+        __atomic_store_n(&lc_inflight, NULL, __ATOMIC_RELEASE);                                \
         if (__builtin_expect(lc_flags() != 0, 0))                                              \
-            inflight_slow_leave(prev);                                                         \
+            inflight_slow_leave();                                                             \
         return r;                                                                              \
     }
+
+/* Around lastcall's own calls into a library: returns what to give back to
+ * inflight_own_end. A thread already inside a handle keeps it. */
+static inline void *inflight_own_begin(void)
+{
+    void *prev = lc_inflight;
+    if (prev == NULL)
+        __atomic_store_n(&lc_inflight, LC_OWN_CALL, __ATOMIC_RELAXED);
+    return prev;
+}
+static inline void inflight_own_end(void *prev)
+{
+    if (prev == NULL)
+        __atomic_store_n(&lc_inflight, NULL, __ATOMIC_RELEASE);
+}
 
 /* While a free call waits for the drain, it is not inside the library. */
 static inline void *inflight_suspend(void)
@@ -131,7 +213,13 @@ static inline void inflight_resume(void *h)
 /* The calling thread's slot joins the list the drain scans (idempotent). */
 void inflight_register_thread(void);
 
-/* Copies the handles threads are inside right now; returns how many. */
+/* Copies the handles threads are inside right now (every frame of every
+ * thread: the innermost and the outer ones) into OUT, at most MAX of them;
+ * returns how many there are, which may be more than MAX: then grow OUT and
+ * ask again. */
+size_t inflight_snapshot_all(void **out, size_t max);
+/* The same, truncated: returns how many were copied (at most MAX). For
+ * reports, where a busy connection past MAX shows as idle. */
 size_t inflight_snapshot(void **out, size_t max);
 int inflight_contains(void *const *snap, size_t n, const void *handle);
 

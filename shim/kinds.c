@@ -1,6 +1,7 @@
 /* The kind table (see kinds.h) and the connect path every kind shares. */
 #include "kinds.h"
 
+#include "inflight.h"
 #include "registry.h"
 #include "report.h"
 #include "runtime.h"
@@ -52,4 +53,31 @@ int lc_track_connect(int kind, void *handle, int is_async, int failed, int fd,
     runtime_on_connect(ssl);
     report_check_threshold(kind);
     return 0;
+}
+
+void lc_reals_resolve(struct lc_reals *t)
+{
+    if (__atomic_load_n(&t->resolved, __ATOMIC_ACQUIRE))
+        return;
+    int found = 0;
+    for (unsigned i = 0; i < t->count; i++) {
+        void *p = __atomic_load_n(&t->cache[i], __ATOMIC_ACQUIRE);
+        if (p == NULL && (p = sym_lookup(t->lib, t->names[i], NULL)) != NULL)
+            __atomic_store_n(&t->cache[i], p, __ATOMIC_RELEASE);
+        found |= p != NULL;
+    }
+    /* A library not loaded (yet): look again at the next connect. */
+    if (found)
+        __atomic_store_n(&t->resolved, 1, __ATOMIC_RELEASE);
+}
+
+void *lc_real_slow(struct lc_reals *t, unsigned i)
+{
+    if (__atomic_load_n(&t->resolved, __ATOMIC_ACQUIRE) ||
+        __atomic_load_n(&lc_gate_closed, __ATOMIC_ACQUIRE))
+        return NULL;
+    void *p = sym_lookup(t->lib, t->names[i], NULL);
+    if (p)
+        __atomic_store_n(&t->cache[i], p, __ATOMIC_RELEASE);
+    return p;
 }

@@ -11,8 +11,37 @@
 #include <stdint.h>
 
 #include "lc.h"
+#include "symbols.h"
 
 struct lc_entry;
+
+/* The real functions a kind's file calls (its drain, close and cancel paths,
+ * and its connect path's accessors), one cache per name for the whole file.
+ * lc_reals_resolve runs at the kind's first tracked connect, outside any lock
+ * of ours: a connection is in the registry, and so in a drain, only after it
+ * returned. From then on lc_real only reads the cache: NULL is "the library
+ * has no such function". Before that a lookup is made on demand, except once
+ * a drain has begun (the gate is closed): no loader call then. */
+struct lc_reals {
+    enum lc_lib lib;
+    unsigned count;
+    const char *const *names;
+    void **cache;
+    int resolved;
+};
+void lc_reals_resolve(struct lc_reals *t);
+void *lc_real_slow(struct lc_reals *t, unsigned i);
+/* SLOT is &t->cache[i], spelled by the caller's macro as its file's own
+ * array: one load on the hot path (the variadic hooks' real calls). */
+static inline void *lc_real(void **slot, struct lc_reals *t, unsigned i)
+{
+    void *p = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+    return __builtin_expect(p != 0, 1) ? p : lc_real_slow(t, i);
+}
+/* In a kind's file: an X-macro list of its functions gives an enum of
+ * indexes, the names (LC_REALS_NAME) and a typed accessor, e.g.
+ *   #define PQ(fn) ((__typeof__(&fn))lc_real(&pq_real_cache[pqr_##fn], &pq_reals, pqr_##fn)) */
+#define LC_REALS_NAME(fn) #fn,
 
 /* After the goodbye and our FIN: what tells us the server has what we sent. */
 enum lc_goodbye_wait {

@@ -16,6 +16,7 @@
 
 #include "drain.h"
 #include "inflight.h"
+#include "kinds.h"
 #include "lc.h"
 #include "log.h"
 #include "registry.h"
@@ -65,6 +66,19 @@ const char *mysql_error(MYSQL *mysql);
 int mysql_get_socket(MYSQL *mysql);
 const char *mysql_get_ssl_cipher(MYSQL *mysql);
 my_bool mariadb_get_infov(MYSQL *mysql, int value, void *arg, ...);
+
+/* Every client library function this file calls outside the hooks' own real
+ * calls (the KILL connection's among them), resolved at the first tracked
+ * handle (see kinds.h): the drain and its cancel helpers only read the caches. */
+#define MY_REALS(X)                                                                            \
+    X(mysql_init) X(mysql_real_connect) X(mysql_query) X(mysql_close) X(mysql_thread_id)      \
+    X(mysql_error) X(mysql_get_socket) X(mysql_get_ssl_cipher) X(mariadb_get_infov)
+#define MY_REAL_INDEX(fn) myr_##fn,
+enum { MY_REALS(MY_REAL_INDEX) myr_count };
+static const char *const my_real_names[] = {MY_REALS(LC_REALS_NAME)};
+static void *my_real_cache[myr_count];
+static struct lc_reals my_reals = {LC_LIB_MYSQL, myr_count, my_real_names, my_real_cache, 0};
+#define MY(fn) ((__typeof__(&fn))lc_real(&my_real_cache[myr_##fn], &my_reals, myr_##fn))
 
 /* mariadb_get_infov's MARIADB_CONNECTION_SERVER_STATUS (Connector/C 3.x) and
  * the server status bit of an open transaction. */
@@ -332,6 +346,7 @@ LC_EXPORT MYSQL *mysql_init(MYSQL *mysql)
     lc_depth--;
     if (m == NULL)
         return m;
+    lc_reals_resolve(&my_reals);
     /* Tracked from here, as never connected: a handle that is never
      * connected and never closed is a leak too. */
     pthread_mutex_lock(&my_lock);
@@ -394,6 +409,7 @@ void my_connect_begin(MYSQL *m, const char *host, const char *user, const char *
 
 void my_connect_end(MYSQL *m, int failed)
 {
+    lc_reals_resolve(&my_reals);
     int fd = failed ? -1 : my_socket_of(m);
     int ssl = !failed && MY(mysql_get_ssl_cipher) && MY(mysql_get_ssl_cipher)(m) != NULL;
     char target[LC_TARGET_MAX] = "?";
@@ -706,27 +722,24 @@ static int my_server_may_send(struct lc_entry *e)
     return r;
 }
 
-/* The slot value of a thread making our KILL connection: not a handle, and
- * not NULL, so the library's calls to its own exports count as nested and
- * the closed gate does not stop them. */
-static char kill_marker;
-
 /* KILL QUERY <thread id> over a connection of our own, made with the
  * credentials the program connected with. Runs on a drain helper thread. */
 static void my_cancel(struct lc_entry *e)
 {
     struct my_conn *c = e->cancel;
-    MYSQL *(*init)(MYSQL *) = MY_HOOKED(mysql_init);
+    MYSQL *(*init)(MYSQL *) = MY(mysql_init);
     MYSQL *(*connect)(MYSQL *, const char *, const char *, const char *, const char *, unsigned,
-                      const char *, unsigned long) = MY_HOOKED(mysql_real_connect);
-    int (*query)(MYSQL *, const char *) = MY_HOOKED(mysql_query);
-    void (*close)(MYSQL *) = MY_HOOKED(mysql_close);
+                      const char *, unsigned long) = MY(mysql_real_connect);
+    int (*query)(MYSQL *, const char *) = MY(mysql_query);
+    void (*close)(MYSQL *) = MY(mysql_close);
     if (c == NULL || init == NULL || connect == NULL || query == NULL || close == NULL ||
         MY(mysql_thread_id) == NULL)
         return;
     unsigned long id = MY(mysql_thread_id)(e->handle);
+    /* The slot says "lastcall's own call": the library's calls to its own
+     * exports pass our hooks as nested ones, gate or not. */
     void *prev = lc_inflight;
-    __atomic_store_n(&lc_inflight, (void *)&kill_marker, __ATOMIC_RELEASE);
+    __atomic_store_n(&lc_inflight, LC_OWN_CALL, __ATOMIC_RELEASE);
     lc_depth++;
     MYSQL *k = init(NULL);
     if (k && connect(k, c->host, c->user, c->passwd, NULL, c->port, c->unix_socket, 0)) {

@@ -81,13 +81,16 @@ int mysql_stmt_close_cont(my_bool *ret, MYSQL_STMT *stmt, int status);
 
 /* The library's call, with the depth raised and the slot naming HANDLE (which
  * may be NULL: a stored result, an unknown statement). */
+/* The outer-frame count too: a hook suspended half-way may have pushed one. */
 #define MY_ASYNC_CALL(handle, call)                                                            \
     ({                                                                                         \
         int lc_depth_ = lc_depth;                                                              \
         INFLIGHT_ENTER(handle);                                                                \
+        unsigned lc_outer_n_ = lc_outer.n;                                                     \
         lc_depth = lc_depth_ + 1;                                                              \
         int lc_status_ = call;                                                                 \
         lc_depth = lc_depth_;                                                                  \
+        __atomic_store_n(&lc_outer.n, lc_outer_n_, __ATOMIC_RELEASE);                          \
         INFLIGHT_LEAVE(handle);                                                                \
         lc_status_;                                                                            \
     })

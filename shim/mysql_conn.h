@@ -10,7 +10,6 @@ typedef struct st_mysql_stmt MYSQL_STMT;
 typedef char **MYSQL_ROW;
 typedef char my_bool;
 
-#define MY(name) REAL_IN(LC_LIB_MYSQL, name)
 #define MY_HOOKED(name) HOOKED_REAL_IN(LC_LIB_MYSQL, name)
 
 /* The connect path, in two halves around the library's connect (blocking, or

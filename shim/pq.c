@@ -14,14 +14,57 @@
 
 #include "drain.h"
 #include "inflight.h"
+#include "kinds.h"
 #include "lc.h"
 #include "log.h"
 #include "registry.h"
 #include "runtime.h"
 #include "symbols.h"
 
-#define PQ(name) REAL_IN(LC_LIB_PQ, name)
+/* libpq 17's calls, declared for older headers: their hooks answer as a
+ * failed call when the real library lacks them (only a program built against
+ * a newer libpq calls them). */
+#ifndef LIBPQ_HAS_SEND_PIPELINE_SYNC
+int PQsendPipelineSync(PGconn *conn);
+#endif
+#ifndef LIBPQ_HAS_CLOSE_PREPARED
+PGresult *PQclosePrepared(PGconn *conn, const char *stmt);
+PGresult *PQclosePortal(PGconn *conn, const char *portal);
+int PQsendClosePrepared(PGconn *conn, const char *stmt);
+int PQsendClosePortal(PGconn *conn, const char *portal);
+#endif
+
+/* Every libpq function this file calls outside the hooks' own real calls,
+ * resolved at the first tracked connect (see kinds.h): the drain only reads
+ * the caches. */
+#define PQ_REALS(X)                                                                            \
+    X(PQcancel) X(PQclear) X(PQconsumeInput) X(PQdb) X(PQexitPipelineMode)                    \
+    X(PQflush) X(PQfreeCancel) X(PQfreemem) X(PQgetCancel) X(PQgetCopyData) X(PQgetResult)    \
+    X(PQhost) X(PQisBusy) X(PQisnonblocking) X(PQnotifies) X(PQpipelineStatus)                \
+    X(PQpipelineSync) X(PQport) X(PQputCopyEnd) X(PQresultStatus) X(PQsendQuery)              \
+    X(PQsetNoticeReceiver) X(PQsocket) X(PQsslInUse) X(PQsslStruct) X(PQstatus)               \
+    X(PQtransactionStatus)
+#define PQ_REAL_INDEX(fn) pqr_##fn,
+enum { PQ_REALS(PQ_REAL_INDEX) pqr_count };
+static const char *const pq_real_names[] = {PQ_REALS(LC_REALS_NAME)};
+static void *pq_real_cache[pqr_count];
+static struct lc_reals pq_reals = {LC_LIB_PQ, pqr_count, pq_real_names, pq_real_cache, 0};
+#define PQ(fn) ((__typeof__(&fn))lc_real(&pq_real_cache[pqr_##fn], &pq_reals, pqr_##fn))
 #define PQ_HOOKED(name) HOOKED_REAL_IN(LC_LIB_PQ, name)
+
+/* libssl as libpq links it: the TLS goodbye's one function. */
+typedef int (*ssl_write_fn)(void *ssl, const void *buf, int num);
+static const char *const ssl_real_names[] = {"SSL_write"};
+static void *ssl_real_cache[1];
+static struct lc_reals ssl_reals = {LC_LIB_SSL, 1, ssl_real_names, ssl_real_cache, 0};
+
+/* Before anything of CONN's is registered: no drain can see it yet. */
+static void pq_resolve(PGconn *conn)
+{
+    lc_reals_resolve(&pq_reals);
+    if (PQ(PQsslInUse) && PQ(PQsslInUse)(conn))
+        lc_reals_resolve(&ssl_reals);
+}
 
 /* ---- connect path ---- */
 
@@ -50,6 +93,8 @@ static void pq_free_cancel(void *cancel)
 
 static void pq_track(PGconn *conn)
 {
+    if (conn != NULL)
+        pq_resolve(conn);
     if (conn == NULL || PQ(PQstatus) == NULL)
         return;
     int failed = PQ(PQstatus)(conn) == CONNECTION_BAD;
@@ -63,6 +108,8 @@ static void pq_track(PGconn *conn)
 /* PQreset and a finished PQconnectPoll: same PGconn, new backend, new key. */
 static void pq_refresh(PGconn *conn)
 {
+    if (conn != NULL)
+        pq_resolve(conn);
     if (conn == NULL || PQ(PQstatus) == NULL)
         return;
     int failed = PQ(PQstatus)(conn) == CONNECTION_BAD;
@@ -82,7 +129,7 @@ static PGconn *pq_refused(void)
     /* A signal drain parks the thread for good: failing would run the
      * program's error path (log, retry, exit(1)) after a fatal signal. */
     gate_wait();
-    PGconn *(*real)(const char *) = PQ(PQconnectdb);
+    PGconn *(*real)(const char *) = PQ_HOOKED(PQconnectdb);
     if (real == NULL)
         return NULL;
     lc_depth++;
@@ -236,6 +283,52 @@ PQ_QUERY_HOOK(int, -1, PQputCopyEnd, (PGconn *conn, const char *errormsg), (conn
 PQ_QUERY_HOOK(int, -2, PQgetCopyData, (PGconn *conn, char **buffer, int async),
               (conn, buffer, async))
 PQ_QUERY_HOOK(int, 0, PQpipelineSync, (PGconn *conn), (conn))
+PQ_QUERY_HOOK(int, 0, PQsendFlushRequest, (PGconn *conn), (conn))
+PQ_QUERY_HOOK(int, 0, PQsendPipelineSync, (PGconn *conn), (conn))
+PQ_QUERY_HOOK(PGresult *, NULL, PQclosePrepared, (PGconn *conn, const char *stmt), (conn, stmt))
+PQ_QUERY_HOOK(PGresult *, NULL, PQclosePortal, (PGconn *conn, const char *portal),
+              (conn, portal))
+PQ_QUERY_HOOK(int, 0, PQsendClosePrepared, (PGconn *conn, const char *stmt), (conn, stmt))
+PQ_QUERY_HOOK(int, 0, PQsendClosePortal, (PGconn *conn, const char *portal), (conn, portal))
+
+/* The old COPY calls and the fast-path interface (PQfn) with the large-object
+ * calls built on it: each does I/O on the connection, and lo_import/lo_export
+ * make several PQfn calls, with file I/O between them, under one hook. */
+PQ_QUERY_HOOK(int, EOF, PQgetline, (PGconn *conn, char *buffer, int length),
+              (conn, buffer, length))
+PQ_QUERY_HOOK(int, -1, PQgetlineAsync, (PGconn *conn, char *buffer, int bufsize),
+              (conn, buffer, bufsize))
+PQ_QUERY_HOOK(int, EOF, PQputline, (PGconn *conn, const char *string), (conn, string))
+PQ_QUERY_HOOK(int, EOF, PQputnbytes, (PGconn *conn, const char *buffer, int nbytes),
+              (conn, buffer, nbytes))
+PQ_QUERY_HOOK(int, 1, PQendcopy, (PGconn *conn), (conn))
+PQ_QUERY_HOOK(PGresult *, NULL, PQfn,
+              (PGconn *conn, int fnid, int *result_buf, int *result_len, int result_is_int,
+               const PQArgBlock *args, int nargs),
+              (conn, fnid, result_buf, result_len, result_is_int, args, nargs))
+PQ_QUERY_HOOK(int, -1, lo_open, (PGconn *conn, Oid lobjId, int mode), (conn, lobjId, mode))
+PQ_QUERY_HOOK(int, -1, lo_close, (PGconn *conn, int fd), (conn, fd))
+PQ_QUERY_HOOK(int, -1, lo_read, (PGconn *conn, int fd, char *buf, size_t len),
+              (conn, fd, buf, len))
+PQ_QUERY_HOOK(int, -1, lo_write, (PGconn *conn, int fd, const char *buf, size_t len),
+              (conn, fd, buf, len))
+PQ_QUERY_HOOK(int, -1, lo_lseek, (PGconn *conn, int fd, int offset, int whence),
+              (conn, fd, offset, whence))
+PQ_QUERY_HOOK(pg_int64, -1, lo_lseek64, (PGconn *conn, int fd, pg_int64 offset, int whence),
+              (conn, fd, offset, whence))
+PQ_QUERY_HOOK(Oid, InvalidOid, lo_creat, (PGconn *conn, int mode), (conn, mode))
+PQ_QUERY_HOOK(Oid, InvalidOid, lo_create, (PGconn *conn, Oid lobjId), (conn, lobjId))
+PQ_QUERY_HOOK(int, -1, lo_tell, (PGconn *conn, int fd), (conn, fd))
+PQ_QUERY_HOOK(pg_int64, -1, lo_tell64, (PGconn *conn, int fd), (conn, fd))
+PQ_QUERY_HOOK(int, -1, lo_truncate, (PGconn *conn, int fd, size_t len), (conn, fd, len))
+PQ_QUERY_HOOK(int, -1, lo_truncate64, (PGconn *conn, int fd, pg_int64 len), (conn, fd, len))
+PQ_QUERY_HOOK(int, -1, lo_unlink, (PGconn *conn, Oid lobjId), (conn, lobjId))
+PQ_QUERY_HOOK(Oid, InvalidOid, lo_import, (PGconn *conn, const char *filename),
+              (conn, filename))
+PQ_QUERY_HOOK(Oid, InvalidOid, lo_import_with_oid,
+              (PGconn *conn, const char *filename, Oid lobjId), (conn, filename, lobjId))
+PQ_QUERY_HOOK(int, -1, lo_export, (PGconn *conn, Oid lobjId, const char *filename),
+              (conn, lobjId, filename))
 
 /* ---- drain operations ---- */
 
@@ -291,7 +384,7 @@ static enum pq_state pq_state(PGconn *conn)
     return PQ(PQtransactionStatus)(conn) == PQTRANS_ACTIVE ? PQS_RESULTS : PQS_IDLE;
 }
 
-static int pq_server_busy(struct lc_entry *e, int fd, int cancelled)
+static int pq_server_busy_now(struct lc_entry *e, int fd, int cancelled)
 {
     if (fd < 0 || e->failed)
         return 0;
@@ -349,7 +442,7 @@ static int pq_flush_output(PGconn *conn, int fd, int nonblocking, int64_t until_
  * rest of a message already half on the wire: a Terminate after it would
  * land inside that message), and a COPY IN is ended with CopyFail, so the
  * server aborts the COPY and stays in step with us. */
-static int pq_flush(struct lc_entry *e, int fd, int64_t until_ms)
+static int pq_flush_now(struct lc_entry *e, int fd, int64_t until_ms)
 {
     PGconn *conn = e->handle;
     if (fd < 0 || e->failed || PQ(PQstatus) == NULL || PQ(PQstatus)(conn) != CONNECTION_OK)
@@ -395,7 +488,7 @@ static int pq_send_bounded(PGconn *conn, int fd, int nonblocking, int64_t until_
  * Without this, a pooler such as PgBouncer 1.18 drops the server connection
  * of a client that leaves while its server is "not ready" (a transaction, a
  * COPY, results on the way), and the backend logs an abrupt end. */
-static int pq_settle(struct lc_entry *e, int fd, int *scratch, int64_t until_ms)
+static int pq_settle_now(struct lc_entry *e, int fd, int *scratch, int64_t until_ms)
 {
     PGconn *conn = e->handle;
     if (e->failed || PQ(PQstatus) == NULL || PQ(PQstatus)(conn) != CONNECTION_OK ||
@@ -466,8 +559,6 @@ static int pq_settle(struct lc_entry *e, int fd, int *scratch, int64_t until_ms)
     return LC_SETTLE_GIVE_UP;
 }
 
-typedef int (*ssl_write_fn)(void *ssl, const void *buf, int num);
-
 static void pq_terminate(struct lc_entry *e, int fd)
 {
     /* The Terminate message: 'X' and a 4-byte length of 4. The backend then
@@ -475,9 +566,7 @@ static void pq_terminate(struct lc_entry *e, int fd)
     static const char terminate_msg[5] = {'X', 0, 0, 0, 4};
     PGconn *conn = e->handle;
     if (PQ(PQsslInUse) && PQ(PQsslInUse)(conn)) {
-        static void *ssl_write_cache;
-        ssl_write_fn ssl_write =
-            (ssl_write_fn)sym_cached(&ssl_write_cache, LC_LIB_SSL, "SSL_write", NULL);
+        ssl_write_fn ssl_write = (ssl_write_fn)lc_real(&ssl_real_cache[0], &ssl_reals, 0);
         void *ssl = PQ(PQsslStruct) ? PQ(PQsslStruct)(conn, "OpenSSL") : NULL;
         if (ssl_write && ssl) {
             lc_set_nonblocking(fd); /* a full socket cannot hang us */
@@ -491,7 +580,7 @@ static void pq_terminate(struct lc_entry *e, int fd)
     while (w < 0 && errno == EINTR);
 }
 
-static int pq_server_may_send(struct lc_entry *e)
+static int pq_server_may_send_now(struct lc_entry *e)
 {
     if (e->failed)
         return 0;
@@ -536,7 +625,7 @@ static int peer_is_postgres(int fd)
  * from client") for a close without close_notify, OpenSSL 3's "unexpected
  * eof". PQnotifies parses what libpq has buffered, as the drain's settle
  * does. */
-static int pq_nothing_to_say(struct lc_entry *e, int fd)
+static int pq_nothing_to_say_now(struct lc_entry *e, int fd)
 {
     PGconn *conn = e->handle;
     if (e->failed || PQ(PQstatus) == NULL || PQ(PQtransactionStatus) == NULL ||
@@ -575,6 +664,65 @@ static int pq_in_transaction(struct lc_entry *e)
         return 0;
     PGTransactionStatusType st = PQ(PQtransactionStatus)((PGconn *)e->handle);
     return st == PQTRANS_INTRANS || st == PQTRANS_INERROR;
+}
+
+/* The drain's (or a closing program's) own use of a connection no thread is
+ * inside. Its notices go nowhere from now on: libpq would hand them to the
+ * program's notice receiver or processor (program code, which may take the
+ * program's locks or call into another connection) on lastcall's thread. The
+ * program never gets it back: the gate stops its next call, and the socket is
+ * shut. libpq's calls to its own exports pass our hooks as nested calls. */
+static void pq_drop_notice(void *arg, const PGresult *res)
+{
+    (void)arg;
+    (void)res;
+}
+
+static void *pq_own_begin(struct lc_entry *e)
+{
+    if (!e->failed && PQ(PQsetNoticeReceiver))
+        PQ(PQsetNoticeReceiver)((PGconn *)e->handle, pq_drop_notice, NULL);
+    return inflight_own_begin();
+}
+
+static int pq_server_busy(struct lc_entry *e, int fd, int cancelled)
+{
+    void *own = pq_own_begin(e);
+    int r = pq_server_busy_now(e, fd, cancelled);
+    inflight_own_end(own);
+    return r;
+}
+
+static int pq_flush(struct lc_entry *e, int fd, int64_t until_ms)
+{
+    void *own = pq_own_begin(e);
+    int r = pq_flush_now(e, fd, until_ms);
+    inflight_own_end(own);
+    return r;
+}
+
+static int pq_settle(struct lc_entry *e, int fd, int *scratch, int64_t until_ms)
+{
+    void *own = pq_own_begin(e);
+    int r = pq_settle_now(e, fd, scratch, until_ms);
+    inflight_own_end(own);
+    return r;
+}
+
+static int pq_server_may_send(struct lc_entry *e)
+{
+    void *own = pq_own_begin(e);
+    int r = pq_server_may_send_now(e);
+    inflight_own_end(own);
+    return r;
+}
+
+static int pq_nothing_to_say(struct lc_entry *e, int fd)
+{
+    void *own = pq_own_begin(e);
+    int r = pq_nothing_to_say_now(e, fd);
+    inflight_own_end(own);
+    return r;
 }
 
 const struct lc_kind lc_pq_kind = {

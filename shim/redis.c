@@ -16,13 +16,30 @@
 
 #include "drain.h"
 #include "inflight.h"
+#include "kinds.h"
 #include "lc.h"
 #include "log.h"
 #include "registry.h"
 #include "runtime.h"
 #include "symbols.h"
 
-#define RD(name) REAL_IN(LC_LIB_HIREDIS, name)
+/* hiredis 1.x's timer call, declared for 0.14's headers (the hook answers as
+ * a no-op where the real library lacks it). */
+void redisAsyncHandleTimeout(redisAsyncContext *ac);
+
+/* Every hiredis function this file calls outside the hooks' own real calls,
+ * resolved at the first tracked connect (see kinds.h): the drain only reads
+ * the caches. The drain calls only redisBufferWrite, which runs no callback
+ * of the program's (an async context's callbacks run from
+ * redisAsyncHandleRead/Write, redisProcessCallbacks and the frees, none of
+ * which lastcall calls). */
+#define RD_REALS(X) X(redisBufferWrite) X(redisvCommand) X(redisvAppendCommand) X(redisvAsyncCommand)
+#define RD_REAL_INDEX(fn) rdr_##fn,
+enum { RD_REALS(RD_REAL_INDEX) rdr_count };
+static const char *const rd_real_names[] = {RD_REALS(LC_REALS_NAME)};
+static void *rd_real_cache[rdr_count];
+static struct lc_reals rd_reals = {LC_LIB_HIREDIS, rdr_count, rd_real_names, rd_real_cache, 0};
+#define RD(fn) ((__typeof__(&fn))lc_real(&rd_real_cache[rdr_##fn], &rd_reals, rdr_##fn))
 #define RD_HOOKED(name) HOOKED_REAL_IN(LC_LIB_HIREDIS, name)
 
 /* The options-struct connects exist only in hiredis 1.x. Against 0.14's
@@ -76,6 +93,7 @@ static void redis_track(void *ctx, int is_async, const char *target)
 {
     if (ctx == NULL)
         return;
+    lc_reals_resolve(&rd_reals);
     lc_track_connect(LC_KIND_REDIS, ctx, is_async, redis_context_err(ctx) != 0,
                      redis_context_fd(ctx), target, NULL, 0);
 }
@@ -314,9 +332,7 @@ LC_EXPORT void redisAsyncFree(redisAsyncContext *ac)
         void (*real) params = RD_HOOKED(name);                                                 \
         if (LC_UNLIKELY(real == NULL))                                                         \
             return;                                                                            \
-        INFLIGHT_ENTER(ctx);                                                                   \
-        real args;                                                                             \
-        INFLIGHT_LEAVE(ctx);                                                                   \
+        INFLIGHT_CALL(ctx, real args);                                                         \
     }
 
 REDIS_CALL_HOOK(void *, NULL, redisvCommand, c, (redisContext *c, const char *format, va_list ap),
@@ -349,6 +365,7 @@ REDIS_CALL_HOOK(int, REDIS_ERR, redisAsyncFormattedCommand, ac,
 REDIS_VOID_HOOK(redisAsyncHandleRead, ac, (redisAsyncContext *ac), (ac))
 REDIS_VOID_HOOK(redisAsyncHandleWrite, ac, (redisAsyncContext *ac), (ac))
 REDIS_VOID_HOOK(redisAsyncDisconnect, ac, (redisAsyncContext *ac), (ac))
+REDIS_VOID_HOOK(redisAsyncHandleTimeout, ac, (redisAsyncContext *ac), (ac))
 
 /* The variadic entry points forward to their va_list twins in the real library. */
 LC_EXPORT void *redisCommand(redisContext *c, const char *format, ...)
@@ -356,12 +373,11 @@ LC_EXPORT void *redisCommand(redisContext *c, const char *format, ...)
     void *(*real)(redisContext *, const char *, va_list) = RD(redisvCommand);
     if (LC_UNLIKELY(real == NULL))
         return NULL;
-    INFLIGHT_ENTER(c);
     va_list ap;
     va_start(ap, format);
-    void *r = real(c, format, ap);
+    void *r;
+    INFLIGHT_CALL(c, r = real(c, format, ap));
     va_end(ap);
-    INFLIGHT_LEAVE(c);
     return r;
 }
 
@@ -370,12 +386,11 @@ LC_EXPORT int redisAppendCommand(redisContext *c, const char *format, ...)
     int (*real)(redisContext *, const char *, va_list) = RD(redisvAppendCommand);
     if (LC_UNLIKELY(real == NULL))
         return REDIS_ERR;
-    INFLIGHT_ENTER(c);
     va_list ap;
     va_start(ap, format);
-    int r = real(c, format, ap);
+    int r;
+    INFLIGHT_CALL(c, r = real(c, format, ap));
     va_end(ap);
-    INFLIGHT_LEAVE(c);
     return r;
 }
 
@@ -386,12 +401,11 @@ LC_EXPORT int redisAsyncCommand(redisAsyncContext *ac, redisCallbackFn *fn, void
         RD(redisvAsyncCommand);
     if (LC_UNLIKELY(real == NULL))
         return REDIS_ERR;
-    INFLIGHT_ENTER(ac);
     va_list ap;
     va_start(ap, format);
-    int r = real(ac, fn, privdata, format, ap);
+    int r;
+    INFLIGHT_CALL(ac, r = real(ac, fn, privdata, format, ap));
     va_end(ap);
-    INFLIGHT_LEAVE(ac);
     return r;
 }
 
