@@ -52,7 +52,7 @@ static pid_t abandoned_pid;
 
 void drain_abandon(void *handle)
 {
-    if (handle == NULL || handle == LC_CONNECTING)
+    if (handle == NULL || handle == LC_CONNECTING || handle == LC_OWN_CALL)
         return;
     pid_t self = getpid();
     if (__atomic_load_n(&abandoned_pid, __ATOMIC_ACQUIRE) != self) {

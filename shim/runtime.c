@@ -612,6 +612,8 @@ static void exit_drain(int status, void *unused)
     /* This thread is running exit(): a call it was inside (exit() from a
      * handler or a callback that interrupted PQexec) never returns. */
     drain_abandon(__atomic_load_n(&lc_inflight, __ATOMIC_ACQUIRE));
+    for (unsigned i = 0; i < lc_outer.n && i < LC_OUTER_MAX; i++)
+        drain_abandon(lc_outer.h[i]); /* the outer frames of nested calls, too */
     __atomic_store_n(&exit_started_pid, self, __ATOMIC_RELEASE);
     if (post_request_at(REQ_EXIT, start_ms) != 0) {
         if (!safepoint_exit_is_safe()) {
