@@ -233,6 +233,14 @@ static void log_result(const char *why, const struct lc_drain_result *r)
              (long long)r->elapsed_ms);
 }
 
+static void log_signal_result(int sig, const struct lc_drain_result *r)
+{
+    const char *name = config_signal_name(sig);
+    char why[32];
+    snprintf(why, sizeof why, "SIG%s", name ? name : "?");
+    log_result(why, r);
+}
+
 static void *drain_thread_main(void *arg)
 {
     (void)arg;
@@ -277,11 +285,8 @@ static void *drain_thread_main(void *arg)
         } else {
             signals_resync();
             drain_run(LC_GATE_SIGNAL, req.start_ms, &result);
-            const char *name = config_signal_name((int)req.sig);
-            char why[32];
-            snprintf(why, sizeof why, "SIG%s", name ? name : "?");
             int sig = (int)req.sig;
-            log_result(why, &result);
+            log_signal_result(sig, &result);
             report_write();
             signals_die(sig);
         }
@@ -605,6 +610,23 @@ static void exit_drain(int status, void *unused)
         /* A signal drain is under way and ends in the process's death. */
         for (;;)
             pause();
+    }
+    int64_t pending_start;
+    int pending_sig = signals_claim_pending_drain(&pending_start);
+    if (pending_sig > 0) {
+        /* The program should have died at that signal; exit() is a safe
+         * point: drain here for it (the kernel's timer, armed when the
+         * signal came, still holds), then die by it. */
+        __atomic_store_n(&drain_requested, 1, __ATOMIC_RELEASE);
+        sigset_t pipe_only; /* a write to a closed socket must not kill by SIGPIPE */
+        sigemptyset(&pipe_only);
+        sigaddset(&pipe_only, SIGPIPE);
+        pthread_sigmask(SIG_BLOCK, &pipe_only, NULL);
+        struct lc_drain_result result;
+        drain_run(LC_GATE_SIGNAL, pending_start, &result);
+        log_signal_result(pending_sig, &result);
+        report_write();
+        signals_die(pending_sig);
     }
     int64_t start_ms = lc_now_ms();
     arm_exit_deadline(status, start_ms);

@@ -808,3 +808,16 @@ int signals_deadline_signal(void)
     }
     return sig;
 }
+
+int signals_claim_pending_drain(int64_t *start_ms)
+{
+    if (!lazy_drain_pending())
+        return 0;
+    int sig = __atomic_exchange_n(&lazy_sig, 0, __ATOMIC_ACQ_REL);
+    if (sig > 0) {
+        *start_ms = lazy_start_ms;
+        /* From here the retries find nothing pending; a further managed
+         * signal still ends the process at once (runtime_drain_requested). */
+    }
+    return sig;
+}

@@ -5,6 +5,7 @@
 #define LC_SIGNALS_H
 
 #include <signal.h>
+#include <stdint.h>
 
 /* STATUS_SIGNAL (0: none) logs a status snapshot instead of draining. */
 void signals_install(const sigset_t *managed, int status_signal);
@@ -26,5 +27,12 @@ int signals_shutdown_started(void);
  * its kernel entry is (made) our handler. 0 when there is none. Not from a
  * signal handler of ours. */
 int signals_deadline_signal(void);
+
+/* A signal drain waiting for a safe point (a process without its drain
+ * thread) that the program's exit() overtook: takes it over and returns its
+ * signal, with when it arrived in *START_MS; 0 when there is none. The exit
+ * drain then drains for that signal, and the process dies by it, as it
+ * would have at the signal without lastcall. */
+int signals_claim_pending_drain(int64_t *start_ms);
 
 #endif
