@@ -10,9 +10,9 @@
  *                  callback said "in callback"
  *     getline      COPY ... TO STDOUT of a slow query read with PQgetline;
  *                  "copying" after the first line
- *     lo-write     B holds an uncommitted lo_write on page 0 of a large
- *                  object; A's lo_write of the same page waits for it
- *                  ("writing" just before)
+ *     lo-write OID a lo_write on page 0 of large object OID, which another
+ *                  session (the test's) holds an uncommitted write on: it
+ *                  waits for that lock ("writing" just before)
  *     plugin PATH  a connection idle in a transaction and a thread of the
  *                  program's that sleeps; then dlopen(PATH), whose constructor
  *                  sleeps with the loader's lock held
@@ -139,29 +139,19 @@ static void getline_mode(void)
     PQendcopy(a);
 }
 
-static void lo_write_mode(void)
+static void lo_write_mode(Oid oid)
 {
     PGconn *a = connect_pg();
-    PGconn *b = connect_pg();
-    exec_ok(b, "BEGIN");
-    Oid oid = lo_creat(b, INV_READ | INV_WRITE);
-    exec_ok(b, "COMMIT");
-    exec_ok(b, "BEGIN");
-    int fd = lo_open(b, oid, INV_WRITE);
-    if (fd < 0 || lo_write(b, fd, "held", 4) != 4) {
-        printf("B's lo_write failed: %s\n", PQerrorMessage(b));
-        exit(2);
-    }
     exec_ok(a, "BEGIN");
     int fa = lo_open(a, oid, INV_WRITE);
     if (fa < 0) {
-        printf("A's lo_open failed: %s\n", PQerrorMessage(a));
+        printf("lo_open failed: %s\n", PQerrorMessage(a));
         exit(2);
     }
     printf("ready\n");
     printf("writing\n");
     int w = lo_write(a, fa, "wait", 4);
-    printf("A's lo_write returned %d: %s\n", w, PQerrorMessage(a));
+    printf("lo_write returned %d: %s\n", w, PQerrorMessage(a));
 }
 
 static void *connect_forever(void *arg)
@@ -260,8 +250,8 @@ int main(int argc, char **argv)
         notice_mode(1);
     else if (strcmp(mode, "getline") == 0)
         getline_mode();
-    else if (strcmp(mode, "lo-write") == 0)
-        lo_write_mode();
+    else if (strcmp(mode, "lo-write") == 0 && argc > 2)
+        lo_write_mode((Oid)strtoul(argv[2], NULL, 10));
     else if (strcmp(mode, "plugin") == 0 && argc > 2)
         plugin_mode(argv[2]);
     else if (strcmp(mode, "threads") == 0 && argc > 2)

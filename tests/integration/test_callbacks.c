@@ -24,6 +24,9 @@
 #include <string.h>
 #include <sys/wait.h>
 
+#include <libpq-fe.h>
+#include <libpq/libpq-fs.h>
+
 #include "harness.h"
 
 LC_TEST_MAIN
@@ -123,9 +126,9 @@ Test(callbacks, exit_from_another_thread_while_a_notice_processor_runs)
 
 /* SIGTERM while MODE's client is inside a call that waits for the server:
  * busy for the grace, then cancelled, closed cleanly. */
-static void busy_call(const char *mode, const char *needle, const char *app)
+static void busy_call(const char *mode, const char *arg, const char *needle, const char *app)
 {
-    const char *argv[] = {CLIENT, mode, NULL};
+    const char *argv[] = {CLIENT, mode, arg, NULL};
     struct proc p;
     int64_t ms;
     start(&p, 1, argv, app);
@@ -147,12 +150,34 @@ static void busy_call(const char *mode, const char *needle, const char *app)
 
 Test(callbacks, pqgetline_in_progress_is_in_flight)
 {
-    busy_call("getline", "copying", "cb_getline");
+    busy_call("getline", NULL, "copying", "cb_getline");
 }
 
+static void exec_ok(PGconn *c, const char *sql)
+{
+    PGresult *r = PQexec(c, sql);
+    cr_assert(PQresultStatus(r) == PGRES_COMMAND_OK, "%s: %s", sql, PQerrorMessage(c));
+    PQclear(r);
+}
+
+/* The lock lo_write waits for is held by a session of the test's own: one of
+ * the program's, idle in a transaction, would be frozen by the gate and rolled
+ * back at once (issue 19, case 8), and the lo_write would finish. */
 Test(callbacks, lo_write_in_progress_is_in_flight)
 {
-    busy_call("lo-write", "writing", "cb_lo_write");
+    PGconn *holder = PQconnectdb("application_name=cb_lo_holder");
+    cr_assert_eq(PQstatus(holder), CONNECTION_OK, "%s", PQerrorMessage(holder));
+    exec_ok(holder, "BEGIN");
+    Oid oid = lo_creat(holder, INV_READ | INV_WRITE);
+    exec_ok(holder, "COMMIT");
+    exec_ok(holder, "BEGIN");
+    int fd = lo_open(holder, oid, INV_WRITE);
+    cr_assert(fd >= 0 && lo_write(holder, fd, "held", 4) == 4, "%s", PQerrorMessage(holder));
+    char oid_text[16];
+    snprintf(oid_text, sizeof oid_text, "%u", oid);
+    busy_call("lo-write", oid_text, "writing", "cb_lo_write");
+    exec_ok(holder, "ROLLBACK");
+    PQfinish(holder);
 }
 
 Test(callbacks, more_than_1024_threads_inside_calls_are_all_seen)
