@@ -3,6 +3,7 @@
 
 #include <elf.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -231,7 +232,22 @@ out:
     return prot;
 }
 
-static int write_slot(void **slot, void *value)
+/* Held across one page's protection read, change, store and restore: only
+ * system calls and our own parsing inside (this file is built with -fno-plt:
+ * not even a first lazy binding), never a call into the loader. */
+static pthread_mutex_t write_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void got_fork_prepare(void)
+{
+    pthread_mutex_lock(&write_lock);
+}
+
+void got_fork_release(void)
+{
+    pthread_mutex_unlock(&write_lock);
+}
+
+static int write_slot_locked(void **slot, void *value)
 {
     uintptr_t pagesize = (uintptr_t)sysconf(_SC_PAGESIZE);
     uintptr_t page = (uintptr_t)slot & ~(pagesize - 1);
@@ -247,6 +263,14 @@ static int write_slot(void **slot, void *value)
     __atomic_store_n(slot, value, __ATOMIC_RELEASE);
     mprotect((void *)page, pagesize, prot);
     return 0;
+}
+
+static int write_slot(void **slot, void *value)
+{
+    pthread_mutex_lock(&write_lock);
+    int r = write_slot_locked(slot, value);
+    pthread_mutex_unlock(&write_lock);
+    return r;
 }
 
 static int patch_table(const struct lc_dso *d, const ElfW(Rela) *rel, size_t size,

@@ -58,4 +58,11 @@ static inline int dso_contains(const struct lc_dso *d, const void *addr)
 typedef void *(*got_decide_fn)(const char *name, void *current, void *ctx);
 int got_patch(const struct lc_dso *d, got_decide_fn decide, void *ctx);
 
+/* Writes from several threads at once are serialised (one makes a page
+ * writable, another must not store after the first put it back); fork waits
+ * for a write under way: prepare takes the write lock, release gives it back
+ * in parent and child. */
+void got_fork_prepare(void);
+void got_fork_release(void);
+
 #endif

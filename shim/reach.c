@@ -113,29 +113,34 @@ static int enabled(void)
     return __atomic_load_n(&lc_initialized, __ATOMIC_ACQUIRE) && !lc_cfg.disabled;
 }
 
-/* ---- GOT rewriting ---- */
+/* ---- GOT rewriting ----
+ *
+ * Lock rule: no lock of ours is held across a call into the loader (dlsym,
+ * dlopen, dlclose, dlinfo, dl_iterate_phdr). ld.so runs a dlopen'd object's
+ * constructor with its load lock held, and that constructor may call dlsym,
+ * which is ours: if the dlsym path ever waited for a lock of ours whose holder
+ * waits for the load lock, both would wait forever. So a scan runs on the
+ * thread that sees the change, concurrently with any other scan: walking an
+ * object twice writes the same values twice. state_lock guards only the
+ * record of what was walked, for a binary search or a pointer swap; got.c's
+ * write lock only an mprotect/store/mprotect sequence. */
+
+struct walk_ctx {
+    const struct lc_dso *d;
+    void *handle; /* D, held open while it is walked */
+};
 
 /* Where an entry not bound yet (lazy binding: it still points into the
  * object's own PLT) would be bound: a lookup in the object's own scope, which
  * is what an RTLD_DEEPBIND object sees first. */
-static void *would_bind(const struct lc_dso *d, const char *name)
+static void *would_bind(const struct walk_ctx *w, const char *name)
 {
-    void *h = dlopen(d->name[0] ? d->name : NULL, RTLD_LAZY | RTLD_NOLOAD);
-    if (h == NULL)
-        return NULL;
-    /* The same path may name another object in another namespace (dlmopen):
-     * only this very object's scope will do. */
-    struct link_map *lm = NULL;
-    void *p = NULL;
-    if (dlinfo(h, RTLD_DI_LINKMAP, &lm) == 0 && lm && lm->l_addr == d->base)
-        p = reach_real_dlsym(h, name);
-    dlclose(h);
-    return p;
+    return reach_real_dlsym(w->handle, name);
 }
 
 static void *decide(const char *name, void *current, void *ctx)
 {
-    const struct lc_dso *d = ctx;
+    const struct walk_ctx *w = ctx;
     enum lc_lib lib;
     void *hook = own_hook(name, &lib);
     if (hook == NULL || current == hook)
@@ -147,34 +152,90 @@ static void *decide(const char *name, void *current, void *ctx)
         return NULL;
     if (current == real)
         return hook;
-    if ((current == NULL || dso_contains(d, current)) && would_bind(d, name) == real)
+    if ((current == NULL || dso_contains(w->d, current)) && would_bind(w, name) == real)
         return hook;
     return NULL;
 }
 
-struct dso_list {
-    struct lc_dso *v;
-    size_t n, cap;
-    int failed;
+/* What dl_iterate_phdr lists, copied out: the walk calls the loader, which
+ * must not happen under dl_iterate_phdr's lock. Names are copied too (the
+ * loader's own strings go away with a dlclose). Nothing is allocated inside
+ * the callbacks: a program's allocator may itself call dl_iterate_phdr (to
+ * unwind) under its own lock. */
+struct loaded {
+    uintptr_t start;
+    ElfW(Addr) base;
+    const ElfW(Phdr) *phdr; /* kept for the program itself, never unloaded */
+    ElfW(Half) phnum;
+    size_t name_at;         /* offset in names */
 };
+
+struct loaded_list {
+    struct loaded *v;
+    char *names;
+    size_t n, cap, names_len, names_cap;
+    int overflow;
+};
+
+static size_t name_len(const char *s)
+{
+    size_t n = 0;
+    while (s && s[n])
+        n++;
+    return n;
+}
+
+static int count_cb(struct dl_phdr_info *info, size_t size, void *data)
+{
+    (void)size;
+    struct loaded_list *l = data;
+    l->n++;
+    l->names_len += name_len(info->dlpi_name) + 1;
+    return 0;
+}
 
 static int collect_cb(struct dl_phdr_info *info, size_t size, void *data)
 {
     (void)size;
-    struct dso_list *l = data;
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 64;
-        struct lc_dso *v = realloc(l->v, cap * sizeof *v);
-        if (v == NULL) {
-            l->failed = 1;
-            return 1;
-        }
-        l->v = v;
-        l->cap = cap;
+    struct loaded_list *l = data;
+    struct lc_dso d;
+    size_t len = name_len(info->dlpi_name);
+    if (l->n == l->cap || l->names_len + len + 1 > l->names_cap) {
+        l->overflow = 1;
+        return 1;
     }
-    if (dso_parse(info, &l->v[l->n]) == 0)
-        l->n++;
+    if (dso_parse(info, &d) != 0)
+        return 0;
+    for (size_t i = 0; i < len; i++)
+        l->names[l->names_len + i] = info->dlpi_name[i];
+    l->names[l->names_len + len] = '\0';
+    l->v[l->n++] = (struct loaded){d.start, d.base, info->dlpi_phdr, info->dlpi_phnum,
+                                   l->names_len};
+    l->names_len += len + 1;
     return 0;
+}
+
+static int collect(struct loaded_list *l)
+{
+    for (int attempt = 0; attempt < 4; attempt++) {
+        struct loaded_list c = {0};
+        dl_iterate_phdr(count_cb, &c);
+        *l = (struct loaded_list){0};
+        l->cap = c.n + 16;
+        l->names_cap = c.names_len + 16 * 256;
+        l->v = malloc(l->cap * sizeof *l->v);
+        l->names = malloc(l->names_cap);
+        if (l->v && l->names) {
+            dl_iterate_phdr(collect_cb, l);
+            if (!l->overflow)
+                return 0;
+        }
+        free(l->v);
+        free(l->names);
+        if (l->v == NULL || l->names == NULL)
+            break;
+    }
+    return -1;
 }
 
 struct generation {
@@ -191,15 +252,17 @@ static int generation_cb(struct dl_phdr_info *info, size_t size, void *data)
     return 1;
 }
 
-static pthread_mutex_t scan_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct generation scanned; /* under scan_lock */
-/* The fast check, without the lock. */
+/* The generation whose every object has been walked: the fast check. */
 static unsigned long long scanned_adds, scanned_subs;
-/* Objects already walked, by mapping start (sorted): each is walked once,
- * not at every module a Python program imports. Cleared when anything is
- * unloaded, since an address may then be reused. */
+
+/* Objects walked, by mapping start (sorted), as of generation `recorded`:
+ * each is walked once, not at every module a Python program imports. A scan
+ * replaces the whole record with its own list (everything loaded at its
+ * generation, walked by it or before it). Under state_lock. */
+static pthread_mutex_t state_lock = PTHREAD_MUTEX_INITIALIZER;
 static uintptr_t *walked;
-static size_t n_walked, cap_walked;
+static size_t n_walked;
+static struct generation recorded;
 
 static int cmp_addr(const void *a, const void *b)
 {
@@ -207,21 +270,66 @@ static int cmp_addr(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static void scan_atfork_child(void)
+static int sorted_has(const uintptr_t *v, size_t n, uintptr_t a)
 {
-    pthread_mutex_init(&scan_lock, NULL);
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (v[mid] == a)
+            return 1;
+        if (v[mid] < a)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return 0;
 }
 
-static void walk(const struct lc_dso *d)
+/* Fork: held across it (never for long), so the child's copy is whole. */
+static void state_prepare(void)
 {
-    if (self_ok && d->start == self.start)
+    pthread_mutex_lock(&state_lock);
+    got_fork_prepare();
+}
+
+static void state_release(void)
+{
+    got_fork_release();
+    pthread_mutex_unlock(&state_lock);
+}
+
+/* One object, held open (RTLD_NOLOAD: never loaded by us) so that another
+ * thread's dlclose cannot unmap it while its tables are read. Not found: the
+ * vDSO, an object already gone, or one in another namespace (dlmopen), whose
+ * calls cannot bind to the functions our hooks call. */
+static void walk(const struct loaded *o, const char *name)
+{
+    void *h = dlopen(name[0] ? name : NULL, RTLD_LAZY | RTLD_NOLOAD);
+    if (h == NULL)
         return;
-    /* libpq, hiredis and the MySQL client call their own exports: those stay theirs. */
-    if (sym_dso_is(d, LC_LIB_PQ) || sym_dso_is(d, LC_LIB_HIREDIS) || sym_dso_is(d, LC_LIB_MYSQL))
-        return;
-    int n = got_patch(d, decide, (void *)d);
-    if (n > 0)
-        LC_DEBUG("%s: %d GOT entries now reach lastcall", d->name[0] ? d->name : "main", n);
+    struct link_map *lm = NULL;
+    struct lc_dso d;
+    int ok = dlinfo(h, RTLD_DI_LINKMAP, &lm) == 0 && lm && lm->l_addr == o->base;
+    /* Parsed again from the object now held: the one listed may have been
+     * replaced by another at the same address in between. The program itself
+     * (no name) is never unloaded. */
+    if (ok && name[0])
+        ok = dso_from_link_map(lm, &d) == 0;
+    else if (ok) {
+        struct dl_phdr_info info = {
+            .dlpi_addr = o->base, .dlpi_name = "", .dlpi_phdr = o->phdr, .dlpi_phnum = o->phnum};
+        ok = dso_parse(&info, &d) == 0;
+    }
+    if (ok && !(self_ok && d.start == self.start) &&
+        /* libpq, hiredis and the MySQL client call their own exports: those stay theirs. */
+        !sym_dso_is(&d, LC_LIB_PQ) && !sym_dso_is(&d, LC_LIB_HIREDIS) &&
+        !sym_dso_is(&d, LC_LIB_MYSQL)) {
+        struct walk_ctx w = {&d, h};
+        int n = got_patch(&d, decide, &w);
+        if (n > 0)
+            LC_DEBUG("%s: %d GOT entries now reach lastcall", name[0] ? name : "main", n);
+    }
+    dlclose(h);
 }
 
 void reach_scan(void)
@@ -233,41 +341,42 @@ void reach_scan(void)
     if (g.adds == __atomic_load_n(&scanned_adds, __ATOMIC_ACQUIRE) &&
         g.subs == __atomic_load_n(&scanned_subs, __ATOMIC_ACQUIRE))
         return;
-    pthread_mutex_lock(&scan_lock);
-    if (g.adds != scanned.adds || g.subs != scanned.subs) {
-        if (g.subs != scanned.subs)
-            n_walked = 0;
-        /* Collected first, walked after: the walk looks symbols up (dlopen
-         * RTLD_NOLOAD), which must not run under dl_iterate_phdr's lock. */
-        struct dso_list l = {0};
-        dl_iterate_phdr(collect_cb, &l);
-        int ok = !l.failed;
-        if (ok && n_walked + l.n > cap_walked) {
-            size_t cap = n_walked + l.n + 64;
-            uintptr_t *w = realloc(walked, cap * sizeof *w);
-            if (w) {
-                walked = w;
-                cap_walked = cap;
-            } else {
-                ok = 0;
-            }
+    struct loaded_list l;
+    if (collect(&l) != 0)
+        return;
+    uintptr_t *starts = malloc((l.n + 1) * sizeof *starts);
+    unsigned char *done = calloc(l.n + 1, 1);
+    if (starts && done) {
+        /* Walked already: only under the same unload count (an address may
+         * be reused after a dlclose). */
+        pthread_mutex_lock(&state_lock);
+        if (recorded.subs == g.subs)
+            for (size_t i = 0; i < l.n; i++)
+                done[i] = (unsigned char)sorted_has(walked, n_walked, l.v[i].start);
+        pthread_mutex_unlock(&state_lock);
+        for (size_t i = 0; i < l.n; i++) {
+            if (!done[i])
+                walk(&l.v[i], l.names + l.v[i].name_at);
+            starts[i] = l.v[i].start;
         }
-        size_t before = n_walked;
-        for (size_t i = 0; ok && i < l.n; i++) {
-            if (before && bsearch(&l.v[i].start, walked, before, sizeof *walked, cmp_addr))
-                continue;
-            walk(&l.v[i]);
-            walked[n_walked++] = l.v[i].start;
-        }
-        if (ok) {
-            qsort(walked, n_walked, sizeof *walked, cmp_addr);
-            scanned = g;
+        qsort(starts, l.n, sizeof *starts, cmp_addr);
+        pthread_mutex_lock(&state_lock);
+        /* A scan of an older generation, finishing late, records nothing. */
+        if (g.adds >= recorded.adds && g.subs >= recorded.subs) {
+            uintptr_t *old = walked;
+            walked = starts;
+            n_walked = l.n;
+            starts = old;
+            recorded = g;
             __atomic_store_n(&scanned_subs, g.subs, __ATOMIC_RELEASE);
             __atomic_store_n(&scanned_adds, g.adds, __ATOMIC_RELEASE);
         }
-        free(l.v);
+        pthread_mutex_unlock(&state_lock);
     }
-    pthread_mutex_unlock(&scan_lock);
+    free(starts);
+    free(done);
+    free(l.v);
+    free(l.names);
 }
 
 /* ---- dlsym / dlvsym ---- */
@@ -379,5 +488,5 @@ __asm__(".text\n"
  * than pthread_atfork: lc.h says why. */
 __attribute__((constructor)) static void reach_constructor(void)
 {
-    __register_atfork(NULL, NULL, scan_atfork_child, __dso_handle);
+    __register_atfork(state_prepare, state_release, state_release, __dso_handle);
 }

@@ -1,0 +1,59 @@
+/* Programs that use the loader from several threads at once (issue 19, cases
+ * 1 and the _r_debug race). Links neither libpq nor hiredis.
+ *   reach_loader_client ctor PLUGIN ROUNDS
+ *       one thread calls dlsym in a loop (an FFI layer) while the main thread
+ *       dlopen()s and dlclose()s PLUGIN ROUNDS times (its constructor calls
+ *       dlsym). Prints "done ROUNDS probes N".
+ * Exit status 0 when every call gave what it should. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static volatile int stop;
+static volatile int failed;
+
+static void *ffi_loop(void *arg)
+{
+    long rounds = (long)arg;
+    void *self = dlopen(NULL, RTLD_LAZY);
+    for (long i = 0; rounds ? i < rounds : !stop; i++) {
+        if (dlsym(RTLD_DEFAULT, "getpid") == NULL || dlsym(self, "strlen") == NULL)
+            failed = 1;
+        /* A hooked name too: that path looks the real function up. */
+        dlsym(RTLD_DEFAULT, "PQlibVersion");
+    }
+    return NULL;
+}
+
+static int ctor(const char *plugin, int rounds)
+{
+    pthread_t t;
+    pthread_create(&t, NULL, ffi_loop, NULL);
+    int probes = -1;
+    for (int i = 0; i < rounds; i++) {
+        void *h = dlopen(plugin, RTLD_NOW | RTLD_LOCAL);
+        if (h == NULL) {
+            fprintf(stderr, "reach_loader_client: %s\n", dlerror());
+            return 99;
+        }
+        int *n = dlsym(h, "reach_ctor_plugin_probes");
+        probes = n ? *n : -1;
+        dlclose(h);
+    }
+    stop = 1;
+    pthread_join(t, NULL);
+    printf("done %d probes %d\n", rounds, probes);
+    return failed;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 4 && strcmp(argv[1], "ctor") == 0)
+        return ctor(argv[2], atoi(argv[3]));
+    fprintf(stderr, "usage: reach_loader_client ctor PLUGIN ROUNDS\n");
+    return 2;
+}

@@ -1,0 +1,58 @@
+/* The loader under lastcall (issue 19): lastcall's dlsym must never be the
+ * reason a program hangs, and must answer what libc would about functions the
+ * library in use lacks. Each case runs the same program with and without
+ * lastcall, several times: every run ends (bounded wait), with the same
+ * status and output. */
+#define _GNU_SOURCE
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "harness.h"
+
+LC_TEST_MAIN
+
+#define CLIENT build_path("tests/clients/reach_loader_client")
+#define PLUGIN build_path("tests/clients/reach_ctor_plugin.so")
+#define RUNS 5
+
+/* Runs ARGV RUNS times each way; every run must end within TIMEOUT_MS and
+ * exit 0 with the same first line of output. */
+static void differential(const char *what, const char *const *argv, int timeout_ms)
+{
+    for (int i = 0; i < RUNS; i++) {
+        struct proc a, b;
+        struct run_opts without = {.preload = 0, .app = "loader_without"};
+        struct run_opts with = {.preload = 1, .app = "loader_with"};
+        int64_t t_without = now_us();
+        int s_without = run(&without, argv, &a, timeout_ms + slack_ms());
+        t_without = now_us() - t_without;
+        int64_t t_with = now_us();
+        int s_with = run(&with, argv, &b, timeout_ms + slack_ms());
+        t_with = now_us() - t_with;
+        fprintf(stderr, "%s, run %d: without lastcall status %d in %lld ms, with %d in %lld ms\n",
+                what, i, s_without, (long long)(t_without / 1000), s_with,
+                (long long)(t_with / 1000));
+        cr_assert(s_without != -1 && WIFEXITED(s_without) && WEXITSTATUS(s_without) == 0,
+                  "without lastcall: status %d: %s", s_without, a.err);
+        cr_assert_neq(s_with, -1, "%s: run %d hung under lastcall (killed after %d ms)", what, i,
+                      timeout_ms + slack_ms());
+        cr_assert_eq(s_with, s_without, "status %d under lastcall: %s", s_with, b.err);
+        const char *nl = strchr(a.out, '\n');
+        size_t first = nl ? (size_t)(nl - a.out) : strlen(a.out);
+        cr_assert(first > 0 && strncmp(a.out, b.out, first) == 0, "without: %s\nwith: %s", a.out,
+                  b.out);
+    }
+}
+
+/* Case 1: one thread calls dlsym in a loop (an FFI layer); the main thread
+ * dlopen()s a plugin linked to libpq whose constructor calls dlsym. The
+ * constructor runs under ld.so's load lock: a lastcall dlsym that held a lock
+ * of its own while calling into the loader (the GOT scan) deadlocked with it,
+ * in 6 of 6 runs of the report and 2 of 3 here. */
+Test(loader, plugin_constructor_dlsym_beside_an_ffi_thread_never_hangs)
+{
+    const char *argv[] = {CLIENT, "ctor", PLUGIN, "60", NULL};
+    differential("constructor dlsym beside an FFI thread", argv, 20000);
+}
