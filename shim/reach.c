@@ -43,34 +43,39 @@ static int self_ok;
 
 static void marker(void) {}
 
-/* The object A lies in: the one with the highest load base not above it
- * (objects do not overlap). Its ELF header is mapped at that base. */
-static struct link_map *map_containing(uintptr_t a)
+/* The link map of the object ADDR lies in, from the loader itself: dladdr1
+ * takes ld.so's lock while it searches, and we hold none of ours. The two
+ * objects asked about (libc, lastcall) are never unloaded while our code runs,
+ * so the map stays valid after the lock is released. An earlier version walked
+ * the _r_debug list itself, without the loader's lock: a dlclose on another
+ * thread could free an entry under it. dladdr1 is not intercepted by sanitizer
+ * runtimes, which call our dlsym while they start. */
+static int map_of(const void *addr, struct lc_dso *d)
 {
-    struct link_map *best = NULL;
-    for (struct link_map *lm = _r_debug.r_map; lm; lm = lm->l_next)
-        if (lm->l_addr <= a && (best == NULL || lm->l_addr > best->l_addr))
-            best = lm;
-    return best;
+    Dl_info info;
+    struct link_map *lm = NULL;
+    if (dladdr1(addr, &info, (void **)&lm, RTLD_DL_LINKMAP) == 0 || lm == NULL)
+        return -1;
+    if (dso_from_link_map(lm, d) != 0 || !dso_contains(d, addr))
+        return -1;
+    return 0;
 }
 
-/* libc's dlsym and dlvsym, and our own dynamic symbol table, found through
- * the _r_debug list: no dl_iterate_phdr (ThreadSanitizer intercepts it) and
- * no libc string function (sanitizer interceptors may not be ready). libc is
- * the object gnu_get_libc_version lies in, a function no one interposes. */
+/* libc's dlsym and dlvsym, and our own dynamic symbol table. libc is the
+ * object gnu_get_libc_version lies in, a function no one interposes; its
+ * symbols are read from its own table (no libc string function: sanitizer
+ * interceptors may not be ready). */
 static int reals_ready(void)
 {
     if (__atomic_load_n(&reach_dlsym_next, __ATOMIC_ACQUIRE))
         return 1;
-    struct link_map *me = map_containing((uintptr_t)marker);
-    struct link_map *libc = map_containing((uintptr_t)gnu_get_libc_version);
     struct lc_dso d;
-    if (me && !__atomic_load_n(&self_ok, __ATOMIC_ACQUIRE) && dso_from_link_map(me, &d) == 0 &&
-        dso_contains(&d, (const void *)marker)) {
+    if (!__atomic_load_n(&self_ok, __ATOMIC_ACQUIRE) && map_of((const void *)marker, &d) == 0) {
         self = d;
         __atomic_store_n(&self_ok, 1, __ATOMIC_RELEASE);
     }
-    if (libc == NULL || libc == me || dso_from_link_map(libc, &d) != 0)
+    if (map_of((const void *)gnu_get_libc_version, &d) != 0 ||
+        dso_contains(&d, (const void *)marker))
         return 0;
     void *sym = dso_lookup(&d, "dlsym"), *vsym = dso_lookup(&d, "dlvsym");
     if (sym == NULL || vsym == NULL)

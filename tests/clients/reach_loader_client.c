@@ -4,6 +4,10 @@
  *       one thread calls dlsym in a loop (an FFI layer) while the main thread
  *       dlopen()s and dlclose()s PLUGIN ROUNDS times (its constructor calls
  *       dlsym). Prints "done ROUNDS probes N".
+ *   reach_loader_client churn LIB ROUNDS
+ *       one thread dlopen()s and dlclose()s LIB in a loop while three others
+ *       call dlsym (their first calls among them) ROUNDS times each.
+ *       Prints "done".
  * Exit status 0 when every call gave what it should. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -50,10 +54,45 @@ static int ctor(const char *plugin, int rounds)
     return failed;
 }
 
+struct churn {
+    const char *lib;
+};
+
+static void *churn_loop(void *arg)
+{
+    const struct churn *c = arg;
+    while (!stop) {
+        void *h = dlopen(c->lib, RTLD_NOW | RTLD_LOCAL);
+        if (h == NULL) {
+            failed = 1;
+            return NULL;
+        }
+        dlclose(h);
+    }
+    return NULL;
+}
+
+static int churn(const char *lib, long rounds)
+{
+    struct churn c = {lib};
+    pthread_t loader, users[3];
+    pthread_create(&loader, NULL, churn_loop, &c);
+    for (int i = 0; i < 3; i++)
+        pthread_create(&users[i], NULL, ffi_loop, (void *)rounds);
+    for (int i = 0; i < 3; i++)
+        pthread_join(users[i], NULL);
+    stop = 1;
+    pthread_join(loader, NULL);
+    printf("done\n");
+    return failed;
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 4 && strcmp(argv[1], "ctor") == 0)
         return ctor(argv[2], atoi(argv[3]));
-    fprintf(stderr, "usage: reach_loader_client ctor PLUGIN ROUNDS\n");
+    if (argc == 4 && strcmp(argv[1], "churn") == 0)
+        return churn(argv[2], atol(argv[3]));
+    fprintf(stderr, "usage: reach_loader_client ctor PLUGIN ROUNDS | churn LIB ROUNDS\n");
     return 2;
 }

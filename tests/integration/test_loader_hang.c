@@ -56,3 +56,14 @@ Test(loader, plugin_constructor_dlsym_beside_an_ffi_thread_never_hangs)
     const char *argv[] = {CLIENT, "ctor", PLUGIN, "60", NULL};
     differential("constructor dlsym beside an FFI thread", argv, 20000);
 }
+
+/* A thread dlopen()s and dlclose()s a library (the plugin and its libpq) in a
+ * loop while three others call dlsym, their first calls among them: the first
+ * lookup of libc's dlsym walked the loader's list without its lock, and a
+ * dlclose could free an entry under it. A use-after-free rarely shows, so
+ * this mostly says that such a program still works under lastcall. */
+Test(loader, dlopen_dlclose_churn_beside_first_dlsym_calls)
+{
+    const char *argv[] = {CLIENT, "churn", PLUGIN, "200000", NULL};
+    differential("dlopen/dlclose churn beside dlsym", argv, 20000);
+}
