@@ -408,15 +408,33 @@ __attribute__((visibility("hidden"), used)) int reach_dlsym_pre(void *handle, co
      * wants the real function (our hook already ran before it). */
     if (handle != RTLD_NEXT && (hook = own_hook(name, &lib)) != NULL) {
         void *real = sym_lookup(lib, name, hook);
-        if (real != NULL && handle == RTLD_DEFAULT && version == NULL) {
-            dlerror(); /* our own lookups' failures are not the caller's */
-            *result = hook;
-            answered = 1;
-        } else if (real != NULL && handle != RTLD_DEFAULT) {
-            /* A given handle: the answer does not depend on the caller. */
+        if (handle == RTLD_DEFAULT && version == NULL) {
+            if (real != NULL) {
+                dlerror(); /* our own lookups' failures are not the caller's */
+                *result = hook;
+                answered = 1;
+            } else if (reach_dlsym_next(RTLD_DEFAULT, name) == hook) {
+                /* Only our export defines it: the library in use lacks it (an
+                 * older version) or is not loaded. A feature probe must read
+                 * "absent", as without us. (Defined by an object before us,
+                 * the program say: libc answers, from the caller.) */
+                sym_absent(lib, name);
+                *result = NULL;
+                answered = 1;
+            }
+        } else if (handle != RTLD_DEFAULT) {
+            /* A given handle: the answer does not depend on the caller. Our
+             * hook stands for the function it calls, and only for that. */
+            dlerror();
             void *r = version ? reach_dlvsym_next(handle, name, version)
                               : reach_dlsym_next(handle, name);
-            *result = r == real ? hook : r;
+            if (real != NULL && r == real) {
+                r = hook;
+            } else if (real == NULL && r == hook) {
+                sym_absent(lib, name);
+                r = NULL;
+            }
+            *result = r;
             answered = 1;
         }
     }

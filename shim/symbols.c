@@ -104,6 +104,14 @@ void *sym_lookup(enum lc_lib lib, const char *name, const void *self)
     return p;
 }
 
+void sym_absent(enum lc_lib lib, const char *name)
+{
+    void *h = lib < LC_LIB_COUNT ? __atomic_load_n(&lib_handles[lib], __ATOMIC_ACQUIRE) : NULL;
+    /* The failing lookup comes last: a successful loader call clears the error. */
+    if (h == NULL || reach_real_dlsym(h, name) != NULL)
+        reach_real_dlsym(RTLD_NEXT, name);
+}
+
 int sym_hiredis_layout(void)
 {
     static int layout;

@@ -67,3 +67,27 @@ Test(loader, dlopen_dlclose_churn_beside_first_dlsym_calls)
     const char *argv[] = {CLIENT, "churn", PLUGIN, "200000", NULL};
     differential("dlopen/dlclose churn beside dlsym", argv, 20000);
 }
+
+/* Case "lastcall.map exports every hook": built against the system hiredis
+ * (0.14 on Debian 12, which has no redisConnectWithOptions) and without
+ * libpq or a MySQL client, the program probes with dlsym which functions
+ * exist. lastcall exports a hook for each of those names; the answers (and
+ * whether dlerror() has something to say) must be libc's own. */
+Test(loader, feature_probe_reads_what_the_library_has)
+{
+    const char *argv[] = {build_path("tests/clients/reach_probe_client"), NULL};
+    struct proc a, b;
+    struct run_opts without = {.preload = 0, .app = "probe_without"};
+    struct run_opts with = {.preload = 1, .app = "probe_with"};
+    int s_without = run(&without, argv, &a, 20000);
+    int s_with = run(&with, argv, &b, 20000);
+    cr_assert(s_without != -1 && WIFEXITED(s_without) && WEXITSTATUS(s_without) == 0, "%s",
+              a.err);
+    cr_assert_eq(s_with, s_without, "%s", b.err);
+    fprintf(stderr, "feature probe without lastcall:\n%swith:\n%s", a.out, b.out);
+    cr_assert_str_eq(b.out, a.out);
+    /* The case itself must have been tried: the system hiredis is 0.14. */
+    cr_assert(strstr(a.out, "redisConnectWithOptions default no error yes"), "%s", a.out);
+    cr_assert(strstr(a.out, "PQconnectdb default no error yes"), "%s", a.out);
+    cr_assert(strstr(a.out, "redisConnect default yes error no"), "%s", a.out);
+}
