@@ -265,7 +265,7 @@ static int write_slot_locked(void **slot, void *value)
     return 0;
 }
 
-static int write_slot(void **slot, void *value)
+int got_write(void **slot, void *value)
 {
     pthread_mutex_lock(&write_lock);
     int r = write_slot_locked(slot, value);
@@ -273,10 +273,9 @@ static int write_slot(void **slot, void *value)
     return r;
 }
 
-static int patch_table(const struct lc_dso *d, const ElfW(Rela) *rel, size_t size,
-                       got_decide_fn decide, void *ctx)
+static int each_in(const struct lc_dso *d, const ElfW(Rela) *rel, size_t size, got_entry_fn fn,
+                   void *ctx)
 {
-    int n = 0;
 #ifdef LC_R_JUMP_SLOT
     for (size_t i = 0; rel && i < size / sizeof *rel; i++) {
         unsigned type = (unsigned)ELF64_R_TYPE(rel[i].r_info);
@@ -286,19 +285,17 @@ static int patch_table(const struct lc_dso *d, const ElfW(Rela) *rel, size_t siz
         if (s->st_shndx != SHN_UNDEF || s->st_name == 0 || s->st_name >= d->strsz)
             continue;
         void **slot = (void **)(d->base + rel[i].r_offset);
-        void *cur = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
-        void *want = decide(d->strtab + s->st_name, cur, ctx);
-        if (want && want != cur && write_slot(slot, want) == 0)
-            n++;
+        if (fn(d->strtab + s->st_name, slot, __atomic_load_n(slot, __ATOMIC_ACQUIRE), ctx))
+            return 1;
     }
 #else
-    (void)d, (void)rel, (void)size, (void)decide, (void)ctx;
+    (void)d, (void)rel, (void)size, (void)fn, (void)ctx;
 #endif
-    return n;
+    return 0;
 }
 
-int got_patch(const struct lc_dso *d, got_decide_fn decide, void *ctx)
+void got_each(const struct lc_dso *d, got_entry_fn fn, void *ctx)
 {
-    return patch_table(d, d->jmprel, d->jmprel_size, decide, ctx) +
-           patch_table(d, d->rela, d->rela_size, decide, ctx);
+    if (each_in(d, d->jmprel, d->jmprel_size, fn, ctx) == 0)
+        each_in(d, d->rela, d->rela_size, fn, ctx);
 }

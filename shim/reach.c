@@ -99,14 +99,23 @@ void *reach_real_dlvsym(void *handle, const char *name, const char *version)
     return reach_dlvsym_next(handle, name, version);
 }
 
+/* Our own loop: own_hook also runs inside dl_iterate_phdr's callback, where a
+ * sanitizer's string interceptor has no business. */
+static int starts_with(const char *s, const char *prefix)
+{
+    while (*prefix && *s == *prefix)
+        s++, prefix++;
+    return *prefix == '\0';
+}
+
 /* NAME is one of our hooks: *lib says whose, the result is our function. */
 static void *own_hook(const char *name, enum lc_lib *lib)
 {
-    if (name[0] == 'P' && name[1] == 'Q')
+    if (starts_with(name, "PQ"))
         *lib = LC_LIB_PQ;
-    else if (strncmp(name, "redis", 5) == 0)
+    else if (starts_with(name, "redis"))
         *lib = LC_LIB_HIREDIS;
-    else if (strncmp(name, "mysql_", 6) == 0)
+    else if (starts_with(name, "mysql_"))
         *lib = LC_LIB_MYSQL;
     else
         return NULL;
@@ -121,127 +130,27 @@ static int enabled(void)
 /* ---- GOT rewriting ----
  *
  * Lock rule: no lock of ours is held across a call into the loader (dlsym,
- * dlopen, dlclose, dlinfo, dl_iterate_phdr). ld.so runs a dlopen'd object's
+ * dlopen, dlclose, dladdr, dl_iterate_phdr). ld.so runs a dlopen'd object's
  * constructor with its load lock held, and that constructor may call dlsym,
  * which is ours: if the dlsym path ever waited for a lock of ours whose holder
  * waits for the load lock, both would wait forever. So a scan runs on the
- * thread that sees the change, concurrently with any other scan: walking an
- * object twice writes the same values twice. state_lock guards only the
- * record of what was walked, for a binary search or a pointer swap; got.c's
- * write lock only an mprotect/store/mprotect sequence. */
-
-struct walk_ctx {
-    const struct lc_dso *d;
-    void *handle; /* D, held open while it is walked */
-};
-
-/* Where an entry not bound yet (lazy binding: it still points into the
- * object's own PLT) would be bound: a lookup in the object's own scope, which
- * is what an RTLD_DEEPBIND object sees first. */
-static void *would_bind(const struct walk_ctx *w, const char *name)
-{
-    return reach_real_dlsym(w->handle, name);
-}
-
-static void *decide(const char *name, void *current, void *ctx)
-{
-    const struct walk_ctx *w = ctx;
-    enum lc_lib lib;
-    void *hook = own_hook(name, &lib);
-    if (hook == NULL || current == hook)
-        return NULL;
-    /* Only the very function our hook calls: a second copy of libpq (a
-     * vendored one, bound by its own module) keeps its own bindings. */
-    void *real = sym_lookup(lib, name, hook);
-    if (real == NULL)
-        return NULL;
-    if (current == real)
-        return hook;
-    if ((current == NULL || dso_contains(w->d, current)) && would_bind(w, name) == real)
-        return hook;
-    return NULL;
-}
-
-/* What dl_iterate_phdr lists, copied out: the walk calls the loader, which
- * must not happen under dl_iterate_phdr's lock. Names are copied too (the
- * loader's own strings go away with a dlclose). Nothing is allocated inside
- * the callbacks: a program's allocator may itself call dl_iterate_phdr (to
- * unwind) under its own lock. */
-struct loaded {
-    uintptr_t start;
-    ElfW(Addr) base;
-    const ElfW(Phdr) *phdr; /* kept for the program itself, never unloaded */
-    ElfW(Half) phnum;
-    size_t name_at;         /* offset in names */
-};
-
-struct loaded_list {
-    struct loaded *v;
-    char *names;
-    size_t n, cap, names_len, names_cap;
-    int overflow;
-};
-
-static size_t name_len(const char *s)
-{
-    size_t n = 0;
-    while (s && s[n])
-        n++;
-    return n;
-}
-
-static int count_cb(struct dl_phdr_info *info, size_t size, void *data)
-{
-    (void)size;
-    struct loaded_list *l = data;
-    l->n++;
-    l->names_len += name_len(info->dlpi_name) + 1;
-    return 0;
-}
-
-static int collect_cb(struct dl_phdr_info *info, size_t size, void *data)
-{
-    (void)size;
-    struct loaded_list *l = data;
-    struct lc_dso d;
-    size_t len = name_len(info->dlpi_name);
-    if (l->n == l->cap || l->names_len + len + 1 > l->names_cap) {
-        l->overflow = 1;
-        return 1;
-    }
-    if (dso_parse(info, &d) != 0)
-        return 0;
-    for (size_t i = 0; i < len; i++)
-        l->names[l->names_len + i] = info->dlpi_name[i];
-    l->names[l->names_len + len] = '\0';
-    l->v[l->n++] = (struct loaded){d.start, d.base, info->dlpi_phdr, info->dlpi_phnum,
-                                   l->names_len};
-    l->names_len += len + 1;
-    return 0;
-}
-
-static int collect(struct loaded_list *l)
-{
-    for (int attempt = 0; attempt < 4; attempt++) {
-        struct loaded_list c = {0};
-        dl_iterate_phdr(count_cb, &c);
-        *l = (struct loaded_list){0};
-        l->cap = c.n + 16;
-        l->names_cap = c.names_len + 16 * 256;
-        l->v = malloc(l->cap * sizeof *l->v);
-        l->names = malloc(l->names_cap);
-        if (l->v && l->names) {
-            dl_iterate_phdr(collect_cb, l);
-            if (!l->overflow)
-                return 0;
-        }
-        free(l->v);
-        free(l->names);
-        if (l->v == NULL || l->names == NULL)
-            break;
-    }
-    return -1;
-}
+ * thread that sees the change, concurrently with any other scan (two scans of
+ * one object write the same values), in three steps:
+ *
+ * 1. inside dl_iterate_phdr, whose lock keeps every listed object mapped
+ *    (dlclose unmaps under it): read each new object's relocations and copy
+ *    out the GOT entries that name one of our hooks;
+ * 2. with no lock at all: decide each entry, which looks symbols up;
+ * 3. inside dl_iterate_phdr again, only if nothing was unloaded since step 1
+ *    (so every slot is still mapped): write.
+ *
+ * No object is held open for the scan (a dlclose of ours could be its last
+ * one, and would unload it on this thread), except, as a lookup in its own
+ * scope needs a handle, an object with an entry not bound yet (lazy binding).
+ * Nothing is allocated inside dl_iterate_phdr: a program's allocator may itself
+ * call it (to unwind) under its own lock. state_lock is held only to copy or
+ * replace the record of what was walked; got.c's write lock only across an
+ * mprotect/store/mprotect sequence. */
 
 struct generation {
     unsigned long long adds, subs;
@@ -253,6 +162,205 @@ static int generation_cb(struct dl_phdr_info *info, size_t size, void *data)
     if (size >= offsetof(struct dl_phdr_info, dlpi_subs) + sizeof info->dlpi_subs) {
         g->adds = info->dlpi_adds;
         g->subs = info->dlpi_subs;
+    }
+    return 1;
+}
+
+/* One object that has entries to decide. */
+struct object {
+    uintptr_t start, end;
+    ElfW(Addr) base;
+    size_t name_at; /* its file name, copied into scan.names */
+};
+
+/* A GOT entry naming one of our hooks. */
+struct entry {
+    void **slot;
+    void *current; /* its value in step 1 */
+    void *hook;
+    void *real;    /* the function the hook calls (step 2) */
+    void *want;    /* what step 3 writes, or NULL */
+    size_t object; /* index in scan.objects */
+    size_t name_at;
+    enum lc_lib lib;
+};
+
+struct scan {
+    struct generation g;
+    int listed; /* step 1 saw the first object (and so g) */
+    /* What was walked before (sorted), valid only for the same unload count
+     * (an address may be reused after a dlclose). */
+    const uintptr_t *walked;
+    size_t n_walked;
+    unsigned long long walked_subs;
+    int walked_valid;
+    uintptr_t *starts; /* every object listed (recorded as walked) */
+    size_t n_starts, cap_starts;
+    struct object *objects;
+    size_t n_objects, cap_objects;
+    struct entry *entries;
+    size_t n_entries, cap_entries;
+    char *names;
+    size_t names_len, names_cap;
+    int overflow; /* a buffer was too small: step 1 again, with larger ones */
+    int stale;    /* something was unloaded before step 3: write nothing */
+    size_t written;
+};
+
+static int sorted_has(const uintptr_t *v, size_t n, uintptr_t a)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (v[mid] == a)
+            return 1;
+        if (v[mid] < a)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return 0;
+}
+
+/* Copies S into the scan's name buffer; the offset, or (size_t)-1. Our own
+ * loop: no libc string function inside the loader's callback. */
+static size_t keep_name(struct scan *sc, const char *s)
+{
+    size_t len = 0;
+    while (s && s[len])
+        len++;
+    if (sc->names_len + len + 1 > sc->names_cap) {
+        sc->overflow = 1;
+        return (size_t)-1;
+    }
+    size_t at = sc->names_len;
+    for (size_t i = 0; i < len; i++)
+        sc->names[at + i] = s[i];
+    sc->names[at + len] = '\0';
+    sc->names_len += len + 1;
+    return at;
+}
+
+static int entry_cb(const char *name, void **slot, void *current, void *ctx)
+{
+    struct scan *sc = ctx;
+    enum lc_lib lib;
+    void *hook = own_hook(name, &lib);
+    if (hook == NULL || current == hook)
+        return 0;
+    if (sc->n_entries == sc->cap_entries) {
+        sc->overflow = 1;
+        return 1;
+    }
+    size_t at = keep_name(sc, name);
+    if (at == (size_t)-1)
+        return 1;
+    sc->entries[sc->n_entries++] = (struct entry){
+        .slot = slot, .current = current, .hook = hook, .object = sc->n_objects,
+        .name_at = at, .lib = lib};
+    return 0;
+}
+
+static int list_cb(struct dl_phdr_info *info, size_t size, void *data)
+{
+    struct scan *sc = data;
+    if (!sc->listed) {
+        generation_cb(info, size, &sc->g);
+        sc->listed = 1;
+        if (sc->walked_subs != sc->g.subs)
+            sc->walked_valid = 0;
+    }
+    struct lc_dso d;
+    if (dso_parse(info, &d) != 0)
+        return 0;
+    if (sc->n_starts == sc->cap_starts || sc->n_objects == sc->cap_objects) {
+        sc->overflow = 1;
+        return 1;
+    }
+    sc->starts[sc->n_starts++] = d.start;
+    if (sc->walked_valid && sorted_has(sc->walked, sc->n_walked, d.start))
+        return 0;
+    /* lastcall itself; libpq, hiredis and the MySQL client call their own
+     * exports: those stay theirs. */
+    if ((self_ok && d.start == self.start) || sym_dso_is(&d, LC_LIB_PQ) ||
+        sym_dso_is(&d, LC_LIB_HIREDIS) || sym_dso_is(&d, LC_LIB_MYSQL))
+        return 0;
+    size_t before = sc->n_entries;
+    got_each(&d, entry_cb, sc);
+    if (sc->overflow)
+        return 1;
+    if (sc->n_entries == before)
+        return 0;
+    size_t at = keep_name(sc, info->dlpi_name);
+    if (at == (size_t)-1)
+        return 1;
+    sc->objects[sc->n_objects++] = (struct object){d.start, d.end, d.base, at};
+    return 0;
+}
+
+/* Where an entry not bound yet (lazy binding: it still points into the
+ * object's own PLT, or is 0) would be bound: a lookup in the object's own
+ * scope, which is what an RTLD_DEEPBIND object sees first. H is the object,
+ * held open (RTLD_NOLOAD: never loaded by us) for the lookup. */
+static void decide_lazy(struct scan *sc, size_t first, size_t end)
+{
+    const struct object *o = &sc->objects[sc->entries[first].object];
+    const char *file = sc->names + o->name_at;
+    void *h = dlopen(file[0] ? file : NULL, RTLD_LAZY | RTLD_NOLOAD);
+    if (h == NULL)
+        return; /* gone, or in another namespace (dlmopen): not our functions */
+    struct link_map *lm = NULL;
+    if (dlinfo(h, RTLD_DI_LINKMAP, &lm) == 0 && lm && lm->l_addr == o->base)
+        for (size_t i = first; i < end; i++) {
+            struct entry *e = &sc->entries[i];
+            uintptr_t c = (uintptr_t)e->current;
+            if (e->real && !e->want && (c == 0 || (c >= o->start && c < o->end)) &&
+                reach_real_dlsym(h, sc->names + e->name_at) == e->real)
+                e->want = e->hook;
+        }
+    dlclose(h);
+}
+
+/* Step 2. Only the very function our hook calls: a second copy of libpq (a
+ * vendored one, bound by its own module) keeps its own bindings. */
+static void decide_all(struct scan *sc)
+{
+    for (size_t first = 0; first < sc->n_entries;) {
+        size_t end = first;
+        int lazy = 0;
+        for (; end < sc->n_entries && sc->entries[end].object == sc->entries[first].object; end++) {
+            struct entry *e = &sc->entries[end];
+            e->real = sym_lookup(e->lib, sc->names + e->name_at, e->hook);
+            if (e->real && e->current == e->real)
+                e->want = e->hook;
+            else if (e->real)
+                lazy = 1;
+        }
+        if (lazy)
+            decide_lazy(sc, first, end);
+        first = end;
+    }
+}
+
+static int write_cb(struct dl_phdr_info *info, size_t size, void *data)
+{
+    struct scan *sc = data;
+    struct generation now = {0, 0};
+    generation_cb(info, size, &now);
+    if (now.subs != sc->g.subs) {
+        sc->stale = 1;
+        return 1;
+    }
+    for (size_t i = 0; i < sc->n_entries; i++) {
+        struct entry *e = &sc->entries[i];
+        if (e->want == NULL)
+            continue;
+        /* Bound meanwhile (lazily, or by a relocation under way): still ours
+         * to take over only if it went to the very function. */
+        void *cur = __atomic_load_n(e->slot, __ATOMIC_ACQUIRE);
+        if ((cur == e->current || cur == e->real) && cur != e->want &&
+            got_write(e->slot, e->want) == 0)
+            sc->written++;
     }
     return 1;
 }
@@ -275,21 +383,6 @@ static int cmp_addr(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static int sorted_has(const uintptr_t *v, size_t n, uintptr_t a)
-{
-    size_t lo = 0, hi = n;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (v[mid] == a)
-            return 1;
-        if (v[mid] < a)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return 0;
-}
-
 /* Fork: held across it (never for long), so the child's copy is whole. */
 static void state_prepare(void)
 {
@@ -303,38 +396,58 @@ static void state_release(void)
     pthread_mutex_unlock(&state_lock);
 }
 
-/* One object, held open (RTLD_NOLOAD: never loaded by us) so that another
- * thread's dlclose cannot unmap it while its tables are read. Not found: the
- * vDSO, an object already gone, or one in another namespace (dlmopen), whose
- * calls cannot bind to the functions our hooks call. */
-static void walk(const struct loaded *o, const char *name)
+static void scan_free(struct scan *sc)
 {
-    void *h = dlopen(name[0] ? name : NULL, RTLD_LAZY | RTLD_NOLOAD);
-    if (h == NULL)
-        return;
-    struct link_map *lm = NULL;
-    struct lc_dso d;
-    int ok = dlinfo(h, RTLD_DI_LINKMAP, &lm) == 0 && lm && lm->l_addr == o->base;
-    /* Parsed again from the object now held: the one listed may have been
-     * replaced by another at the same address in between. The program itself
-     * (no name) is never unloaded. */
-    if (ok && name[0])
-        ok = dso_from_link_map(lm, &d) == 0;
-    else if (ok) {
-        struct dl_phdr_info info = {
-            .dlpi_addr = o->base, .dlpi_name = "", .dlpi_phdr = o->phdr, .dlpi_phnum = o->phnum};
-        ok = dso_parse(&info, &d) == 0;
+    free((void *)sc->walked);
+    free(sc->starts);
+    free(sc->objects);
+    free(sc->entries);
+    free(sc->names);
+}
+
+/* Step 1, with buffers grown until everything fits. */
+static int list_new_entries(struct scan *sc)
+{
+    size_t objects = 64, entries = 64, names = 8192;
+    for (int attempt = 0; attempt < 6; attempt++) {
+        struct scan fresh = {0};
+        fresh.cap_starts = fresh.cap_objects = objects;
+        fresh.cap_entries = entries;
+        fresh.names_cap = names;
+        fresh.starts = malloc(objects * sizeof *fresh.starts);
+        fresh.objects = malloc(objects * sizeof *fresh.objects);
+        fresh.entries = malloc(entries * sizeof *fresh.entries);
+        fresh.names = malloc(names);
+        /* A copy of the record: the callback reads it without state_lock. */
+        pthread_mutex_lock(&state_lock);
+        size_t n = n_walked;
+        struct generation r = recorded;
+        pthread_mutex_unlock(&state_lock);
+        uintptr_t *copy = malloc((n + 1) * sizeof *copy);
+        if (!fresh.starts || !fresh.objects || !fresh.entries || !fresh.names || !copy) {
+            free(copy);
+            scan_free(&fresh);
+            return -1;
+        }
+        pthread_mutex_lock(&state_lock);
+        if (n_walked <= n && recorded.adds == r.adds && recorded.subs == r.subs) {
+            for (size_t i = 0; i < n_walked; i++)
+                copy[i] = walked[i];
+            fresh.n_walked = n_walked;
+            fresh.walked_subs = recorded.subs;
+            fresh.walked_valid = 1;
+        }
+        pthread_mutex_unlock(&state_lock);
+        fresh.walked = copy;
+        dl_iterate_phdr(list_cb, &fresh);
+        if (!fresh.overflow) {
+            *sc = fresh;
+            return 0;
+        }
+        scan_free(&fresh);
+        objects *= 2, entries *= 2, names *= 2;
     }
-    if (ok && !(self_ok && d.start == self.start) &&
-        /* libpq, hiredis and the MySQL client call their own exports: those stay theirs. */
-        !sym_dso_is(&d, LC_LIB_PQ) && !sym_dso_is(&d, LC_LIB_HIREDIS) &&
-        !sym_dso_is(&d, LC_LIB_MYSQL)) {
-        struct walk_ctx w = {&d, h};
-        int n = got_patch(&d, decide, &w);
-        if (n > 0)
-            LC_DEBUG("%s: %d GOT entries now reach lastcall", name[0] ? name : "main", n);
-    }
-    dlclose(h);
+    return -1;
 }
 
 void reach_scan(void)
@@ -346,42 +459,80 @@ void reach_scan(void)
     if (g.adds == __atomic_load_n(&scanned_adds, __ATOMIC_ACQUIRE) &&
         g.subs == __atomic_load_n(&scanned_subs, __ATOMIC_ACQUIRE))
         return;
-    struct loaded_list l;
-    if (collect(&l) != 0)
+    struct scan sc;
+    if (list_new_entries(&sc) != 0)
         return;
-    uintptr_t *starts = malloc((l.n + 1) * sizeof *starts);
-    unsigned char *done = calloc(l.n + 1, 1);
-    if (starts && done) {
-        /* Walked already: only under the same unload count (an address may
-         * be reused after a dlclose). */
-        pthread_mutex_lock(&state_lock);
-        if (recorded.subs == g.subs)
-            for (size_t i = 0; i < l.n; i++)
-                done[i] = (unsigned char)sorted_has(walked, n_walked, l.v[i].start);
-        pthread_mutex_unlock(&state_lock);
-        for (size_t i = 0; i < l.n; i++) {
-            if (!done[i])
-                walk(&l.v[i], l.names + l.v[i].name_at);
-            starts[i] = l.v[i].start;
-        }
-        qsort(starts, l.n, sizeof *starts, cmp_addr);
+    decide_all(&sc);
+    if (sc.n_entries)
+        dl_iterate_phdr(write_cb, &sc);
+    if (sc.written)
+        LC_DEBUG("%zu GOT entries now reach lastcall", sc.written);
+    if (!sc.stale) {
+        qsort(sc.starts, sc.n_starts, sizeof *sc.starts, cmp_addr);
         pthread_mutex_lock(&state_lock);
         /* A scan of an older generation, finishing late, records nothing. */
-        if (g.adds >= recorded.adds && g.subs >= recorded.subs) {
+        if (sc.g.adds >= recorded.adds && sc.g.subs >= recorded.subs) {
             uintptr_t *old = walked;
-            walked = starts;
-            n_walked = l.n;
-            starts = old;
-            recorded = g;
-            __atomic_store_n(&scanned_subs, g.subs, __ATOMIC_RELEASE);
-            __atomic_store_n(&scanned_adds, g.adds, __ATOMIC_RELEASE);
+            walked = sc.starts;
+            n_walked = sc.n_starts;
+            sc.starts = old;
+            recorded = sc.g;
+            __atomic_store_n(&scanned_subs, sc.g.subs, __ATOMIC_RELEASE);
+            __atomic_store_n(&scanned_adds, sc.g.adds, __ATOMIC_RELEASE);
         }
         pthread_mutex_unlock(&state_lock);
     }
-    free(starts);
-    free(done);
-    free(l.v);
-    free(l.names);
+    scan_free(&sc);
+}
+
+/* ---- loaded copies of a library ---- */
+
+struct copies {
+    enum lc_lib lib;
+    int n;
+    char *first, *second;
+    size_t cap;
+};
+
+/* Copies S into DST (CAP bytes); 0 when it does not fit (DST then holds a
+ * truncated copy). Our own loop: this file is not instrumented, and the name
+ * is the loader's, written by whichever thread loaded the object. */
+static int copy_name(char *dst, size_t cap, const char *s)
+{
+    size_t i = 0;
+    for (; s[i] && i + 1 < cap; i++)
+        dst[i] = s[i];
+    dst[i] = '\0';
+    return s[i] == '\0';
+}
+
+static int copies_cb(struct dl_phdr_info *info, size_t size, void *data)
+{
+    (void)size;
+    struct copies *c = data;
+    const char *name = info->dlpi_name;
+    /* The program itself: its own definitions already come before ours. */
+    if (name == NULL || *name == '\0')
+        return 0;
+    struct lc_dso d;
+    if (dso_parse(info, &d) != 0 || !sym_dso_is(&d, c->lib))
+        return 0;
+    if (c->n == 0 && !copy_name(c->first, c->cap, name))
+        return 0;
+    if (c->n == 1)
+        copy_name(c->second, c->cap, name);
+    c->n++;
+    return 0;
+}
+
+int reach_find_copies(enum lc_lib lib, char *first, char *second, size_t cap)
+{
+    struct copies c = {lib, 0, first, second, cap};
+    if (cap == 0)
+        return 0;
+    first[0] = second[0] = '\0';
+    dl_iterate_phdr(copies_cb, &c);
+    return c.n;
 }
 
 /* ---- dlsym / dlvsym ---- */

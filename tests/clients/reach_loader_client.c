@@ -17,16 +17,26 @@
 #include <string.h>
 #include <unistd.h>
 
-static volatile int stop;
-static volatile int failed;
+/* Atomics: the client runs under ThreadSanitizer in the sanitized builds. */
+static int stop, failed;
+
+static int stopped(void)
+{
+    return __atomic_load_n(&stop, __ATOMIC_ACQUIRE);
+}
+
+static void set_flag(int *flag)
+{
+    __atomic_store_n(flag, 1, __ATOMIC_RELEASE);
+}
 
 static void *ffi_loop(void *arg)
 {
     long rounds = (long)arg;
     void *self = dlopen(NULL, RTLD_LAZY);
-    for (long i = 0; rounds ? i < rounds : !stop; i++) {
+    for (long i = 0; rounds ? i < rounds : !stopped(); i++) {
         if (dlsym(RTLD_DEFAULT, "getpid") == NULL || dlsym(self, "strlen") == NULL)
-            failed = 1;
+            set_flag(&failed);
         /* A hooked name too: that path looks the real function up. */
         dlsym(RTLD_DEFAULT, "PQlibVersion");
     }
@@ -48,10 +58,10 @@ static int ctor(const char *plugin, int rounds)
         probes = n ? *n : -1;
         dlclose(h);
     }
-    stop = 1;
+    set_flag(&stop);
     pthread_join(t, NULL);
     printf("done %d probes %d\n", rounds, probes);
-    return failed;
+    return __atomic_load_n(&failed, __ATOMIC_ACQUIRE);
 }
 
 struct churn {
@@ -61,10 +71,10 @@ struct churn {
 static void *churn_loop(void *arg)
 {
     const struct churn *c = arg;
-    while (!stop) {
+    while (!stopped()) {
         void *h = dlopen(c->lib, RTLD_NOW | RTLD_LOCAL);
         if (h == NULL) {
-            failed = 1;
+            set_flag(&failed);
             return NULL;
         }
         dlclose(h);
@@ -81,10 +91,10 @@ static int churn(const char *lib, long rounds)
         pthread_create(&users[i], NULL, ffi_loop, (void *)rounds);
     for (int i = 0; i < 3; i++)
         pthread_join(users[i], NULL);
-    stop = 1;
+    set_flag(&stop);
     pthread_join(loader, NULL);
     printf("done\n");
-    return failed;
+    return __atomic_load_n(&failed, __ATOMIC_ACQUIRE);
 }
 
 int main(int argc, char **argv)
