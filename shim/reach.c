@@ -8,7 +8,9 @@
  * stub: it asks reach_dlsym_pre whether this lookup is one we answer (a
  * hooked libpq/hiredis function); if not, it jumps to libc's dlsym with the
  * caller's own return address still on the stack, exactly as if we were not
- * there.
+ * there. dlopen and dlmopen are stubs of the same kind: they only note that a
+ * load is under way (see load_epoch), so that an ordinary dlsym need not ask
+ * the loader whether anything was loaded.
  *
  * This file is built without sanitizer instrumentation: sanitizer runtimes
  * call dlsym (ours, since they are preloaded before us and do not define it)
@@ -24,6 +26,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "got.h"
 #include "lc.h"
@@ -33,10 +36,14 @@
 
 typedef void *(*dlsym_fn)(void *, const char *);
 typedef void *(*dlvsym_fn)(void *, const char *, const char *);
+typedef void *(*dlopen_fn)(const char *, int);
+typedef void *(*dlmopen_fn)(Lmid_t, const char *, int);
 
-/* Read by the assembly stubs. */
+/* Read by the assembly stubs. reach_dlsym_next is stored last: set, all are. */
 __attribute__((visibility("hidden"), used)) dlsym_fn reach_dlsym_next;
 __attribute__((visibility("hidden"), used)) dlvsym_fn reach_dlvsym_next;
+__attribute__((visibility("hidden"), used)) dlopen_fn reach_dlopen_next;
+__attribute__((visibility("hidden"), used)) dlmopen_fn reach_dlmopen_next;
 
 static struct lc_dso self;
 static int self_ok;
@@ -78,8 +85,11 @@ static int reals_ready(void)
         dso_contains(&d, (const void *)marker))
         return 0;
     void *sym = dso_lookup(&d, "dlsym"), *vsym = dso_lookup(&d, "dlvsym");
-    if (sym == NULL || vsym == NULL)
+    void *open = dso_lookup(&d, "dlopen"), *mopen = dso_lookup(&d, "dlmopen");
+    if (sym == NULL || vsym == NULL || open == NULL || mopen == NULL)
         return 0;
+    __atomic_store_n(&reach_dlopen_next, (dlopen_fn)open, __ATOMIC_RELEASE);
+    __atomic_store_n(&reach_dlmopen_next, (dlmopen_fn)mopen, __ATOMIC_RELEASE);
     __atomic_store_n(&reach_dlvsym_next, (dlvsym_fn)vsym, __ATOMIC_RELEASE);
     __atomic_store_n(&reach_dlsym_next, (dlsym_fn)sym, __ATOMIC_RELEASE);
     return 1;
@@ -97,6 +107,13 @@ void *reach_real_dlvsym(void *handle, const char *name, const char *version)
     if (!reals_ready())
         return NULL;
     return reach_dlvsym_next(handle, name, version);
+}
+
+void *reach_real_dlopen(const char *file, int mode)
+{
+    if (!reals_ready())
+        return NULL;
+    return reach_dlopen_next(file, mode);
 }
 
 /* Our own loop: own_hook also runs inside dl_iterate_phdr's callback, where a
@@ -204,6 +221,8 @@ struct scan {
     size_t names_len, names_cap;
     int overflow; /* a buffer was too small: step 1 again, with larger ones */
     int stale;    /* something was unloaded before step 3: write nothing */
+    int unready;  /* an object not relocated yet: record nothing, look again */
+    const struct lc_dso *listing; /* the object step 1 is reading */
     size_t written;
 };
 
@@ -248,6 +267,16 @@ static int entry_cb(const char *name, void **slot, void *current, void *ctx)
     void *hook = own_hook(name, &lib);
     if (hook == NULL || current == hook)
         return 0;
+    /* dl_iterate_phdr lists an object as soon as it is mapped; another
+     * thread's dlopen may still be relocating it. An entry still holding its
+     * link-time value (its PLT stub, unrelocated) is decided at a later look. */
+    const struct lc_dso *d = sc->listing;
+    uintptr_t c = (uintptr_t)current;
+    if (d->base != 0 && c != 0 && !dso_contains(d, current) &&
+        dso_contains(d, (const void *)(c + d->base))) {
+        sc->unready = 1;
+        return 0;
+    }
     if (sc->n_entries == sc->cap_entries) {
         sc->overflow = 1;
         return 1;
@@ -286,6 +315,7 @@ static int list_cb(struct dl_phdr_info *info, size_t size, void *data)
         sym_dso_is(&d, LC_LIB_HIREDIS) || sym_dso_is(&d, LC_LIB_MYSQL))
         return 0;
     size_t before = sc->n_entries;
+    sc->listing = &d;
     got_each(&d, entry_cb, sc);
     if (sc->overflow)
         return 1;
@@ -306,7 +336,7 @@ static void decide_lazy(struct scan *sc, size_t first, size_t end)
 {
     const struct object *o = &sc->objects[sc->entries[first].object];
     const char *file = sc->names + o->name_at;
-    void *h = dlopen(file[0] ? file : NULL, RTLD_LAZY | RTLD_NOLOAD);
+    void *h = reach_real_dlopen(file[0] ? file : NULL, RTLD_LAZY | RTLD_NOLOAD);
     if (h == NULL)
         return; /* gone, or in another namespace (dlmopen): not our functions */
     struct link_map *lm = NULL;
@@ -365,8 +395,76 @@ static int write_cb(struct dl_phdr_info *info, size_t size, void *data)
     return 1;
 }
 
-/* The generation whose every object has been walked: the fast check. */
+/* The generation whose every object has been walked. */
 static unsigned long long scanned_adds, scanned_subs;
+
+/* When to look at the generation at all, in a few loads rather than a
+ * dl_iterate_phdr per dlsym. Our dlopen/dlmopen stubs bump load_epoch before
+ * the loader runs; they cannot run after it (they jump to libc's, keeping the
+ * caller's return address), so a load "under way" ends only when its thread
+ * next calls our dlsym: by then the loader has mapped everything that dlopen
+ * loads (a constructor's dlsym included: constructors run after mapping).
+ * Until then loads_unconfirmed counts that thread, and no look consumes an
+ * epoch: every dlsym looks, as every one did before the epoch existed. A look
+ * reads the epoch, then the count: a load whose bump it saw either counts
+ * still, or is mapped, and so in the generation it reads next. Every 256th
+ * dlsym of a thread looks anyway, for loads that never reach our stubs (libc's
+ * own dlopen for NSS or iconv, an RTLD_DEEPBIND object's own dlopen). Starts
+ * unconsumed: the first dlsym after our constructor looks. */
+static unsigned long load_epoch = 1, seen_epoch, loads_unconfirmed;
+static __thread unsigned char dlopen_unconfirmed __attribute__((tls_model("initial-exec")));
+static __thread unsigned char calls_here __attribute__((tls_model("initial-exec")));
+
+static void consume_epoch(unsigned long e)
+{
+    unsigned long seen = __atomic_load_n(&seen_epoch, __ATOMIC_RELAXED);
+    while (e > seen &&
+           !__atomic_compare_exchange_n(&seen_epoch, &seen, e, 1, __ATOMIC_RELEASE,
+                                        __ATOMIC_RELAXED)) {
+    }
+}
+
+static int should_look(void)
+{
+    if (dlopen_unconfirmed)
+        return 1;
+    if (__atomic_load_n(&load_epoch, __ATOMIC_ACQUIRE) !=
+        __atomic_load_n(&seen_epoch, __ATOMIC_RELAXED))
+        return 1;
+    return ++calls_here == 0;
+}
+
+/* This thread's dlsym after its dlopen: its load is mapped. */
+static void confirm_own_load(void)
+{
+    if (dlopen_unconfirmed) {
+        dlopen_unconfirmed = 0;
+        __atomic_fetch_sub(&loads_unconfirmed, 1, __ATOMIC_SEQ_CST);
+    }
+}
+
+/* A fork child has only the forking thread: its own load, if any, counts. */
+static void loads_atfork_child(void)
+{
+    __atomic_store_n(&loads_unconfirmed, dlopen_unconfirmed ? 1 : 0, __ATOMIC_RELAXED);
+}
+
+/* Called by the dlopen/dlmopen stubs; 0 only if libc's functions cannot be
+ * found (never with glibc): the stub then returns NULL. */
+__attribute__((visibility("hidden"), used)) int reach_dlopen_pre(void)
+{
+    int saved = errno;
+    int ready = reals_ready();
+    errno = saved;
+    if (!ready)
+        return 0;
+    if (!dlopen_unconfirmed) {
+        dlopen_unconfirmed = 1;
+        __atomic_fetch_add(&loads_unconfirmed, 1, __ATOMIC_SEQ_CST);
+    }
+    __atomic_fetch_add(&load_epoch, 1, __ATOMIC_SEQ_CST);
+    return 1;
+}
 
 /* Objects walked, by mapping start (sorted), as of generation `recorded`:
  * each is walked once, not at every module a Python program imports. A scan
@@ -450,15 +548,41 @@ static int list_new_entries(struct scan *sc)
     return -1;
 }
 
+/* An entry that keeps its link-time value for good (a layout the test in
+ * entry_cb misreads) must not make every dlsym scan again forever: after a
+ * second at the same generation the objects are recorded as walked anyway. */
+static unsigned long long unready_adds;
+static long long unready_since_ms;
+
+static int still_relocating(const struct generation *g)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    long long now = (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    if (__atomic_exchange_n(&unready_adds, g->adds, __ATOMIC_RELAXED) != g->adds) {
+        __atomic_store_n(&unready_since_ms, now, __ATOMIC_RELAXED);
+        return 1;
+    }
+    return now - __atomic_load_n(&unready_since_ms, __ATOMIC_RELAXED) < 1000;
+}
+
 void reach_scan(void)
 {
     if (!enabled() || !reals_ready())
         return;
+    /* The epoch, then the loads still under way (other than this thread's,
+     * which is mapped: we are in its dlsym), then the generation. */
+    unsigned long epoch = __atomic_load_n(&load_epoch, __ATOMIC_SEQ_CST);
+    int settled = __atomic_load_n(&loads_unconfirmed, __ATOMIC_SEQ_CST) ==
+                  (dlopen_unconfirmed ? 1u : 0u);
     struct generation g = {0, 0};
     dl_iterate_phdr(generation_cb, &g);
     if (g.adds == __atomic_load_n(&scanned_adds, __ATOMIC_ACQUIRE) &&
-        g.subs == __atomic_load_n(&scanned_subs, __ATOMIC_ACQUIRE))
+        g.subs == __atomic_load_n(&scanned_subs, __ATOMIC_ACQUIRE)) {
+        if (settled)
+            consume_epoch(epoch);
         return;
+    }
     struct scan sc;
     if (list_new_entries(&sc) != 0)
         return;
@@ -467,7 +591,7 @@ void reach_scan(void)
         dl_iterate_phdr(write_cb, &sc);
     if (sc.written)
         LC_DEBUG("%zu GOT entries now reach lastcall", sc.written);
-    if (!sc.stale) {
+    if (!sc.stale && !(sc.unready && still_relocating(&sc.g))) {
         qsort(sc.starts, sc.n_starts, sizeof *sc.starts, cmp_addr);
         pthread_mutex_lock(&state_lock);
         /* A scan of an older generation, finishing late, records nothing. */
@@ -481,6 +605,8 @@ void reach_scan(void)
             __atomic_store_n(&scanned_adds, sc.g.adds, __ATOMIC_RELEASE);
         }
         pthread_mutex_unlock(&state_lock);
+        if (settled)
+            consume_epoch(epoch);
     }
     scan_free(&sc);
 }
@@ -550,7 +676,10 @@ __attribute__((visibility("hidden"), used)) int reach_dlsym_pre(void *handle, co
     if (!enabled() || name == NULL)
         return 0;
     int saved = errno;
-    reach_scan();
+    if (should_look()) {
+        reach_scan();
+        confirm_own_load();
+    }
     int answered = 0;
     enum lc_lib lib;
     void *hook;
@@ -654,7 +783,64 @@ __asm__(".text\n"
         ".cfi_adjust_cfa_offset -40\n"
         "  ret\n"
         ".cfi_endproc\n"
-        ".size dlvsym, .-dlvsym\n");
+        ".size dlvsym, .-dlvsym\n"
+        /* dlopen(file, mode): reach_dlopen_pre() marks a load under way, then
+         * a tail jump to libc's, whose caller-sensitive parts (namespace,
+         * RUNPATH, the new object's loader) see the program's return address.
+         * Nothing can run after it. */
+        ".globl dlopen\n"
+        ".type dlopen, @function\n"
+        "dlopen:\n"
+        ".cfi_startproc\n"
+        "  endbr64\n"
+        "  subq $24, %rsp\n"
+        ".cfi_adjust_cfa_offset 24\n"
+        "  movq %rdi, 0(%rsp)\n"
+        "  movq %rsi, 8(%rsp)\n"
+        "  call reach_dlopen_pre\n"
+        "  testl %eax, %eax\n"
+        "  jz 1f\n"
+        "  movq 0(%rsp), %rdi\n"
+        "  movq 8(%rsp), %rsi\n"
+        "  addq $24, %rsp\n"
+        ".cfi_adjust_cfa_offset -24\n"
+        "  jmp *reach_dlopen_next(%rip)\n"
+        "1:\n"
+        ".cfi_adjust_cfa_offset 24\n"
+        "  xorl %eax, %eax\n"
+        "  addq $24, %rsp\n"
+        ".cfi_adjust_cfa_offset -24\n"
+        "  ret\n"
+        ".cfi_endproc\n"
+        ".size dlopen, .-dlopen\n"
+        /* dlmopen(lmid, file, mode): the same with three arguments. */
+        ".globl dlmopen\n"
+        ".type dlmopen, @function\n"
+        "dlmopen:\n"
+        ".cfi_startproc\n"
+        "  endbr64\n"
+        "  subq $40, %rsp\n"
+        ".cfi_adjust_cfa_offset 40\n"
+        "  movq %rdi, 0(%rsp)\n"
+        "  movq %rsi, 8(%rsp)\n"
+        "  movq %rdx, 16(%rsp)\n"
+        "  call reach_dlopen_pre\n"
+        "  testl %eax, %eax\n"
+        "  jz 1f\n"
+        "  movq 0(%rsp), %rdi\n"
+        "  movq 8(%rsp), %rsi\n"
+        "  movq 16(%rsp), %rdx\n"
+        "  addq $40, %rsp\n"
+        ".cfi_adjust_cfa_offset -40\n"
+        "  jmp *reach_dlmopen_next(%rip)\n"
+        "1:\n"
+        ".cfi_adjust_cfa_offset 40\n"
+        "  xorl %eax, %eax\n"
+        "  addq $40, %rsp\n"
+        ".cfi_adjust_cfa_offset -40\n"
+        "  ret\n"
+        ".cfi_endproc\n"
+        ".size dlmopen, .-dlmopen\n");
 #endif
 
 /* libc's dlsym is looked up at the first dlsym call, not here: every
@@ -663,4 +849,5 @@ __asm__(".text\n"
 __attribute__((constructor)) static void reach_constructor(void)
 {
     __register_atfork(state_prepare, state_release, state_release, __dso_handle);
+    __register_atfork(NULL, NULL, loads_atfork_child, __dso_handle);
 }

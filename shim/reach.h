@@ -3,7 +3,8 @@
  * - dlsym/dlvsym lookups (ctypes, any FFI) of a hooked function on a handle of
  *   the library that defines it get our hook;
  * - libraries loaded with RTLD_DEEPBIND (PHP extensions) have their GOT
- *   entries for hooked functions pointed at our hooks.
+ *   entries for hooked functions pointed at our hooks, at the first dlsym
+ *   after a dlopen (our dlopen/dlmopen stubs note the load).
  * See DESIGN.md, "Reach". */
 #ifndef LC_REACH_H
 #define LC_REACH_H
@@ -17,6 +18,9 @@
  * mean "after lastcall". NULL only if libc has none (never in practice). */
 void *reach_real_dlsym(void *handle, const char *name);
 void *reach_real_dlvsym(void *handle, const char *name, const char *version);
+/* libc's dlopen, for our own RTLD_NOLOAD lookups: our exported dlopen would
+ * count them as the program's loads (see reach.c, load_epoch). */
+void *reach_real_dlopen(const char *file, int mode);
 
 /* How many copies of LIB (recognised by what they define, see symbols.h)
  * are loaded; the first one's file name in FIRST, the second's in SECOND

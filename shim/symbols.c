@@ -46,7 +46,7 @@ static void *loaded_library(enum lc_lib lib)
     if (copies > 1)
         LC_WARN("%d copies of the same library are loaded, none in the global scope (%s, %s...); "
                 "lastcall calls %s", copies, path, other[0] ? other : "?", path);
-    h = dlopen(path, RTLD_LAZY | RTLD_NOLOAD);
+    h = reach_real_dlopen(path, RTLD_LAZY | RTLD_NOLOAD);
     if (h)
         __atomic_store_n(&lib_handles[lib], h, __ATOMIC_RELEASE);
     return h;

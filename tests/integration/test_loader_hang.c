@@ -81,6 +81,34 @@ Test(loader, dlopen_dlclose_churn_beside_first_dlsym_calls)
     differential("dlopen/dlclose churn beside dlsym", argv, 20000);
 }
 
+/* lastcall's dlsym looks at what was loaded only when a dlopen went through
+ * its stub since the last look (a dl_iterate_phdr per dlsym before). A worker
+ * thread calls dlsym in a loop while the main thread dlopen()s a module with
+ * RTLD_DEEPBIND (its calls bind straight to libpq); the worker then looks the
+ * module's entry point up and calls it. Its looks while the load was under
+ * way must not count as having seen it: the module's connections are tracked
+ * and drained at exit. */
+Test(loader, deepbind_module_loaded_on_one_thread_used_on_another)
+{
+    /* Sanitizer runtimes refuse RTLD_DEEPBIND (see test_reach.c). */
+    if (getenv("LASTCALL_TEST_PRELOAD_FIRST"))
+        cr_skip_test("RTLD_DEEPBIND cannot load beside a sanitizer runtime");
+    const char *mod = build_path("tests/clients/localmod.so");
+    for (int i = 0; i < RUNS; i++) {
+        char app[32], key[32];
+        snprintf(app, sizeof app, "handoff_%d", i);
+        snprintf(key, sizeof key, "handoff_key_%d", i);
+        const char *argv[] = {CLIENT, "handoff", mod, key, NULL};
+        struct run_opts with = {.preload = 1, .app = app};
+        struct proc p;
+        int s = run(&with, argv, &p, 20000 + slack_ms());
+        cr_assert(s != -1 && WIFEXITED(s) && WEXITSTATUS(s) == 0, "status %d: %s", s, p.err);
+        cr_assert(strstr(p.out, "stats pq_opened=2 redis_opened=1"), "run %d: %s", i, p.out);
+        cr_assert_eq(pg_wait_backends_gone(app, 10000), 0);
+        cr_assert_eq(pg_log_abrupt(app), 0, "run %d", i);
+    }
+}
+
 /* Case "lastcall.map exports every hook": built against the system hiredis
  * (0.14 on Debian 12, which has no redisConnectWithOptions) and without
  * libpq or a MySQL client, the program probes with dlsym which functions
