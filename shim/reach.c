@@ -128,7 +128,8 @@ static int starts_with(const char *s, const char *prefix)
 /* NAME is one of our hooks: *lib says whose, the result is our function. */
 static void *own_hook(const char *name, enum lc_lib *lib)
 {
-    if (starts_with(name, "PQ"))
+    /* lo_*: libpq's large-object calls, where lastcall.map exports them. */
+    if (starts_with(name, "PQ") || starts_with(name, "lo_"))
         *lib = LC_LIB_PQ;
     else if (starts_with(name, "redis"))
         *lib = LC_LIB_HIREDIS;
