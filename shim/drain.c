@@ -773,7 +773,6 @@ void drain_run(int mode, int64_t start_ms, struct lc_drain_result *result)
         free(works);
         free(fds);
         free(idx);
-        gate_finish();
         return;
     }
     size_t n = registry_claim_for_drain(self, entries, cap);

@@ -45,7 +45,6 @@ static struct slot_ref *static_ref(void)
 static pthread_mutex_t gate_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t gate_cond = PTHREAD_COND_INITIALIZER;
 static int gate_mode;          /* enum lc_gate_mode while closed */
-static int gate_done;          /* the drain finished */
 static int64_t gate_wait_until_ms;
 static pthread_t exiting_thread;
 static int exiting_thread_set;
@@ -341,20 +340,11 @@ void gate_close(int mode, int64_t wait_until_ms)
 {
     pthread_mutex_lock(&gate_lock);
     gate_mode = mode;
-    gate_done = 0;
     gate_wait_until_ms = wait_until_ms;
     pthread_mutex_unlock(&gate_lock);
     __atomic_store_n(&lc_gate_closed, 1, __ATOMIC_SEQ_CST);
     set_flag(LC_FLAG_GATE, 1);
     full_barrier_everywhere();
-}
-
-void gate_finish(void)
-{
-    pthread_mutex_lock(&gate_lock);
-    gate_done = 1;
-    pthread_cond_broadcast(&gate_cond);
-    pthread_mutex_unlock(&gate_lock);
 }
 
 void gate_wait(void)
@@ -366,10 +356,15 @@ void gate_wait(void)
         return;
     }
     for (;;) {
-        if (gate_mode == LC_GATE_EXIT && gate_done)
-            break;
         if (gate_mode == LC_GATE_EXIT) {
-            /* Bounded: even if the drain thread were lost, the exit goes on. */
+            /* Not when the drain is done: another thread is running exit(),
+             * and this one, let go, would run the program's code on (return
+             * from main, call exit() itself) and could end the process with
+             * another status than exit()'s. It waits, as it would have
+             * waited in its call without lastcall, while exit() finishes; the
+             * kernel's deadline ends the process before this bound. Bounded
+             * all the same: under the sanitizers the timer covers only the
+             * drain, and an atexit handler may join this thread. */
             int64_t left = gate_wait_until_ms - lc_now_ms();
             if (left <= 0)
                 break;
@@ -418,7 +413,6 @@ void inflight_atfork_child(void)
     pthread_cond_init(&gate_cond, NULL);
     __atomic_store_n(&lc_gate_closed, 0, __ATOMIC_RELEASE);
     gate_mode = 0;
-    gate_done = 0;
     exiting_thread_set = 0;
     /* The child's drains cover only its own connections, and its first
      * connect registers membarrier afresh (runtime_on_connect). */

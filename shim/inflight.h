@@ -228,10 +228,12 @@ void gate_wait(void);
 
 /* Drain side. */
 enum lc_gate_mode { LC_GATE_EXIT = 1, LC_GATE_SIGNAL = 2 };
+/* Signal mode: gated threads stay parked until the process dies. Exit mode:
+ * until WAIT_UNTIL_MS (past the kernel's deadline, so in practice until the
+ * exit ends the process), then their calls go on and fail fast on closed
+ * sockets: let go at the drain's end, a thread ran the program's code on and
+ * could end the process with another status than exit()'s. */
 void gate_close(int mode, int64_t wait_until_ms);
-/* Exit mode: gated calls go on (their sockets are closed, so they fail fast).
- * Signal mode: gated threads stay parked until the process dies. */
-void gate_finish(void);
 /* The thread running exit() must not be parked by its own atexit drain. */
 void gate_set_exiting_thread(void);
 /* Ask the kernel for the asymmetric barrier; falls back to fenced hooks. */

@@ -276,7 +276,6 @@ static void *drain_thread_main(void *arg)
             if (registry_owned_live() > 0) {
                 drain_run(LC_GATE_EXIT, req.start_ms, &result);
                 log_result("exit", &result);
-                gate_finish();
             }
             report_write();
             char c = 'd';
@@ -579,6 +578,7 @@ static void arm_exit_deadline(int status, int64_t start_ms)
 /* Sanitizer runtimes and valgrind do their own work after exit()'s handlers
  * (TSan's race summary and exit code, memcheck's leak check): there the timer
  * covers our drain only, not the rest of exit(). */
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
 static int under_valgrind(void)
 {
     for (char **e = environ; e && *e; e++)
@@ -586,6 +586,7 @@ static int under_valgrind(void)
             return 1;
     return 0;
 }
+#endif
 
 static void exit_deadline_after_drain(void)
 {
@@ -657,7 +658,6 @@ static void exit_drain(int status, void *unused)
         struct lc_drain_result result;
         drain_run(LC_GATE_EXIT, start_ms, &result);
         log_result("exit", &result);
-        gate_finish();
         report_write();
         struct timespec none = {0, 0};
         while (!was_pending && sigtimedwait(&pipe_only, NULL, &none) == SIGPIPE)

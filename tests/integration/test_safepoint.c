@@ -172,6 +172,13 @@ Test(safepoint, sigterm_under_sig_dfl_is_never_lost)
  * the calling convention it was installed with, never a torn mix. */
 Test(safepoint, handlers_rewritten_while_signals_arrive)
 {
+    /* Our handler is the kernel's (signals.c is not instrumented), but what
+     * it calls in runtime.c is: under a storm of signals an instrumented
+     * atomic there makes TSan run its deferred handlers inside ours, which
+     * deadlocks on TSan's own mutex (seen: hung for good). The seqlock is
+     * checked in the plain and ASan builds. */
+    if (getenv("LASTCALL_TEST_TSAN"))
+        cr_skip_test("TSan's deferred signals deadlock inside a handler under a signal storm");
     const char *argv[] = {build_path("tests/clients/flip_handlers"), "1500", NULL};
     for (int preload = 0; preload <= 1; preload++) {
         struct proc p;
