@@ -3,6 +3,7 @@
 
 #include <elf.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -231,7 +232,22 @@ out:
     return prot;
 }
 
-static int write_slot(void **slot, void *value)
+/* Held across one page's protection read, change, store and restore: only
+ * system calls and our own parsing inside (this file is built with -fno-plt:
+ * not even a first lazy binding), never a call into the loader. */
+static pthread_mutex_t write_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void got_fork_prepare(void)
+{
+    pthread_mutex_lock(&write_lock);
+}
+
+void got_fork_release(void)
+{
+    pthread_mutex_unlock(&write_lock);
+}
+
+static int write_slot_locked(void **slot, void *value)
 {
     uintptr_t pagesize = (uintptr_t)sysconf(_SC_PAGESIZE);
     uintptr_t page = (uintptr_t)slot & ~(pagesize - 1);
@@ -249,10 +265,17 @@ static int write_slot(void **slot, void *value)
     return 0;
 }
 
-static int patch_table(const struct lc_dso *d, const ElfW(Rela) *rel, size_t size,
-                       got_decide_fn decide, void *ctx)
+int got_write(void **slot, void *value)
 {
-    int n = 0;
+    pthread_mutex_lock(&write_lock);
+    int r = write_slot_locked(slot, value);
+    pthread_mutex_unlock(&write_lock);
+    return r;
+}
+
+static int each_in(const struct lc_dso *d, const ElfW(Rela) *rel, size_t size, got_entry_fn fn,
+                   void *ctx)
+{
 #ifdef LC_R_JUMP_SLOT
     for (size_t i = 0; rel && i < size / sizeof *rel; i++) {
         unsigned type = (unsigned)ELF64_R_TYPE(rel[i].r_info);
@@ -262,19 +285,17 @@ static int patch_table(const struct lc_dso *d, const ElfW(Rela) *rel, size_t siz
         if (s->st_shndx != SHN_UNDEF || s->st_name == 0 || s->st_name >= d->strsz)
             continue;
         void **slot = (void **)(d->base + rel[i].r_offset);
-        void *cur = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
-        void *want = decide(d->strtab + s->st_name, cur, ctx);
-        if (want && want != cur && write_slot(slot, want) == 0)
-            n++;
+        if (fn(d->strtab + s->st_name, slot, __atomic_load_n(slot, __ATOMIC_ACQUIRE), ctx))
+            return 1;
     }
 #else
-    (void)d, (void)rel, (void)size, (void)decide, (void)ctx;
+    (void)d, (void)rel, (void)size, (void)fn, (void)ctx;
 #endif
-    return n;
+    return 0;
 }
 
-int got_patch(const struct lc_dso *d, got_decide_fn decide, void *ctx)
+void got_each(const struct lc_dso *d, got_entry_fn fn, void *ctx)
 {
-    return patch_table(d, d->jmprel, d->jmprel_size, decide, ctx) +
-           patch_table(d, d->rela, d->rela_size, decide, ctx);
+    if (each_in(d, d->jmprel, d->jmprel_size, fn, ctx) == 0)
+        each_in(d, d->rela, d->rela_size, fn, ctx);
 }

@@ -51,11 +51,22 @@ static inline int dso_contains(const struct lc_dso *d, const void *addr)
     return a >= d->start && a < d->end;
 }
 
-/* For each JUMP_SLOT / GLOB_DAT entry of D that names a symbol D does not
- * define, DECIDE(name, current value, ctx) returns the new value or NULL to
- * leave it. Writes keep RELRO: the page is made writable only for the store.
- * Returns the number of entries rewritten. */
-typedef void *(*got_decide_fn)(const char *name, void *current, void *ctx);
-int got_patch(const struct lc_dso *d, got_decide_fn decide, void *ctx);
+/* Calls FN(name, slot, current value, ctx) for each JUMP_SLOT / GLOB_DAT entry
+ * of D that names a symbol D does not define, until FN returns non-zero. Only
+ * reads D: safe inside dl_iterate_phdr's callback. */
+typedef int (*got_entry_fn)(const char *name, void **slot, void *current, void *ctx);
+void got_each(const struct lc_dso *d, got_entry_fn fn, void *ctx);
+
+/* Stores VALUE in SLOT, a GOT entry of a loaded object, keeping its page's
+ * protection (RELRO): made writable only for the store if it is not. 0, or
+ * -1 when the page's protection could not be read or changed. */
+int got_write(void **slot, void *value);
+
+/* Writes from several threads at once are serialised (one makes a page
+ * writable, another must not store after the first put it back); fork waits
+ * for a write under way: prepare takes the write lock, release gives it back
+ * in parent and child. */
+void got_fork_prepare(void);
+void got_fork_release(void);
 
 #endif

@@ -30,34 +30,6 @@ int sym_dso_is(const struct lc_dso *d, enum lc_lib lib)
     return dso_defines(d, lib_defines[lib][0]) && dso_defines(d, lib_defines[lib][1]);
 }
 
-struct find_ctx {
-    enum lc_lib lib;
-    int copies;
-    char path[512];
-    const char *other;
-};
-
-static int find_loaded_cb(struct dl_phdr_info *info, size_t size, void *data)
-{
-    (void)size;
-    struct find_ctx *ctx = data;
-    const char *name = info->dlpi_name;
-    /* The program itself: its own definitions already come before ours. */
-    if (name == NULL || *name == '\0')
-        return 0;
-    struct lc_dso d;
-    if (dso_parse(info, &d) != 0 || !sym_dso_is(&d, ctx->lib))
-        return 0;
-    size_t len = strlen(name);
-    if (len >= sizeof ctx->path)
-        return 0;
-    if (ctx->copies++ == 0)
-        memcpy(ctx->path, name, len + 1);
-    else if (ctx->other == NULL)
-        ctx->other = name;
-    return 0;
-}
-
 /* A handle to LIB only if the process already loaded it (RTLD_NOLOAD). With
  * two copies loaded (two bundled libpqs), the first one found is used. */
 static void *loaded_library(enum lc_lib lib)
@@ -65,16 +37,16 @@ static void *loaded_library(enum lc_lib lib)
     void *h = __atomic_load_n(&lib_handles[lib], __ATOMIC_ACQUIRE);
     if (h)
         return h;
-    struct find_ctx ctx = {.lib = lib};
-    dl_iterate_phdr(find_loaded_cb, &ctx);
-    if (ctx.copies == 0)
+    char path[512], other[512];
+    int copies = reach_find_copies(lib, path, other, sizeof path);
+    if (copies == 0)
         return NULL;
     /* Neither is in the global scope (RTLD_NEXT found none): a local-scope
      * caller of the other copy would get connections made by this one. */
-    if (ctx.copies > 1)
+    if (copies > 1)
         LC_WARN("%d copies of the same library are loaded, none in the global scope (%s, %s...); "
-                "lastcall calls %s", ctx.copies, ctx.path, ctx.other ? ctx.other : "?", ctx.path);
-    h = dlopen(ctx.path, RTLD_LAZY | RTLD_NOLOAD);
+                "lastcall calls %s", copies, path, other[0] ? other : "?", path);
+    h = reach_real_dlopen(path, RTLD_LAZY | RTLD_NOLOAD);
     if (h)
         __atomic_store_n(&lib_handles[lib], h, __ATOMIC_RELEASE);
     return h;
@@ -102,6 +74,14 @@ void *sym_lookup(enum lc_lib lib, const char *name, const void *self)
         return NULL;
     }
     return p;
+}
+
+void sym_absent(enum lc_lib lib, const char *name)
+{
+    void *h = lib < LC_LIB_COUNT ? __atomic_load_n(&lib_handles[lib], __ATOMIC_ACQUIRE) : NULL;
+    /* The failing lookup comes last: a successful loader call clears the error. */
+    if (h == NULL || reach_real_dlsym(h, name) != NULL)
+        reach_real_dlsym(RTLD_NEXT, name);
 }
 
 int sym_hiredis_layout(void)

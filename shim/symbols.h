@@ -21,6 +21,11 @@ enum lc_lib {
  * hook: finding it again would be a loop, so it is refused. */
 void *sym_lookup(enum lc_lib lib, const char *name, const void *self);
 
+/* Leaves dlerror() saying that NAME is undefined: in LIB's own words when
+ * the copy of LIB our hooks call has been opened, otherwise in lastcall's
+ * (dlsym(RTLD_NEXT) from here). For a lookup answered "absent". */
+void sym_absent(enum lc_lib lib, const char *name);
+
 /* Is D (a loaded object, see got.h) a copy of LIB, judged by what it
  * defines? lastcall itself never is. */
 struct lc_dso;
