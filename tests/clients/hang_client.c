@@ -12,6 +12,12 @@
  *       interrupts PQexec(pg_sleep) on the same thread
  *   hang_client frozen-tx                 one thread idle in a transaction
  *       holding a row lock, two threads' UPDATEs waiting for it: SIGTERM
+ *   hang_client search SEED THREADS EXIT_MS PLUGIN   the hang search: THREADS
+ *       extra threads and the main one each loop over a random mix (seeded)
+ *       of queries raising NOTICEs whose processor allocates and calls dlsym,
+ *       dlopen/dlclose of PLUGIN (its constructor sleeps HANG_CTOR_US), dlsym,
+ *       fork, and malloc/free; EXIT_MS > 0: a SIGALRM handler calls exit(9)
+ *       that long after "ready" (else the test sends a signal)
  *
  * Connects with PQconnectdb("") (PGHOST, PGPORT... from the harness). Prints
  * "ready" when the test may act. */
@@ -24,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -170,6 +177,93 @@ static void frozen_tx(void)
         pause();
 }
 
+static void busy_notice(void *arg, const char *message)
+{
+    (void)arg;
+    (void)message;
+    void *p = malloc(64 + (size_t)(rand() % 4096));
+    (void)!dlsym(RTLD_DEFAULT, "getpid");
+    free(p);
+}
+
+struct searcher {
+    unsigned seed;
+    const char *plugin;
+};
+
+static void *search_loop(void *arg)
+{
+    struct searcher *s = arg;
+    PGconn *c = connect_or_die();
+    PQsetNoticeProcessor(c, busy_notice, NULL);
+    unsigned seed = s->seed;
+    for (;;) {
+        switch (rand_r(&seed) % 6) {
+        case 0:
+            PQclear(PQexec(c, "DO $$ BEGIN FOR i IN 1..3 LOOP RAISE NOTICE 'n %', i; "
+                              "PERFORM pg_sleep(0.002); END LOOP; END $$"));
+            break;
+        case 1: {
+            void *h = dlopen(s->plugin, RTLD_NOW | RTLD_LOCAL);
+            if (h)
+                dlclose(h);
+            break;
+        }
+        case 2:
+            (void)!dlsym(RTLD_DEFAULT, rand_r(&seed) % 2 ? "PQexec" : "strlen");
+            break;
+        case 3: {
+            pid_t pid = fork();
+            if (pid == 0)
+                _exit(0); /* a child never touches the parent's connections */
+            if (pid > 0)
+                waitpid(pid, NULL, 0);
+            break;
+        }
+        case 4: {
+            void *keep[32];
+            for (int i = 0; i < 32; i++)
+                keep[i] = malloc(16 + (size_t)(rand_r(&seed) % 8000));
+            for (int i = 0; i < 32; i++)
+                free(keep[i]);
+            break;
+        }
+        default:
+            PQclear(PQexec(c, "BEGIN; SELECT 1"));
+            PQclear(PQexec(c, "COMMIT"));
+            break;
+        }
+    }
+    return NULL;
+}
+
+static void exit_9(int sig)
+{
+    (void)sig;
+    exit(9);
+}
+
+static void search(unsigned seed, int threads, long exit_ms, const char *plugin)
+{
+    static struct searcher s[9];
+    for (int i = 0; i <= threads && i < 9; i++) {
+        s[i].seed = seed * 31u + (unsigned)i;
+        s[i].plugin = plugin;
+    }
+    pthread_t t;
+    for (int i = 1; i <= threads && i < 9; i++)
+        pthread_create(&t, NULL, search_loop, &s[i]);
+    if (exit_ms > 0) {
+        signal(SIGALRM, exit_9);
+        struct itimerval it = {{0, 0}, {exit_ms / 1000, (exit_ms % 1000) * 1000}};
+        ready();
+        setitimer(ITIMER_REAL, &it, NULL);
+    } else {
+        ready();
+    }
+    search_loop(&s[0]);
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -186,6 +280,8 @@ int main(int argc, char **argv)
         abandon();
     else if (strcmp(mode, "frozen-tx") == 0)
         frozen_tx();
+    else if (strcmp(mode, "search") == 0 && argc > 5)
+        search((unsigned)strtoul(argv[2], NULL, 10), atoi(argv[3]), atol(argv[4]), argv[5]);
     fprintf(stderr, "usage: hang_client stall-signal|stall-exit|plugin-sleep PLUGIN|"
                     "exit-in-malloc|abandon|frozen-tx\n");
     return 2;
