@@ -39,6 +39,6 @@ int deadline_is_expiry(const siginfo_t *info, struct lc_deadline_end *end);
 
 /* The margin past the deadline: the drain's own end (summary line, report,
  * death) fits well inside it. */
-#define LC_DEADLINE_MARGIN_MS 60
+#define LC_DEADLINE_MARGIN_MS 40
 
 #endif
