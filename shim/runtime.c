@@ -601,17 +601,8 @@ static void exit_deadline_after_drain(void)
 static void exit_drain(int status, void *unused)
 {
     (void)unused;
-    if (!lc_active() || (registry_owned_live() == 0 && lc_cfg.report_path == NULL))
-        return;
-    pid_t self = getpid();
-    if (exit_drained_pid == self)
-        return;
-    exit_drained_pid = self;
-    if (runtime_drain_requested()) {
-        /* A signal drain is under way and ends in the process's death. */
-        for (;;)
-            pause();
-    }
+    /* Before anything else: the program may have closed every connection
+     * since the signal, and must still die by it. */
     int64_t pending_start;
     int pending_sig = signals_claim_pending_drain(&pending_start);
     if (pending_sig > 0) {
@@ -623,11 +614,24 @@ static void exit_drain(int status, void *unused)
         sigemptyset(&pipe_only);
         sigaddset(&pipe_only, SIGPIPE);
         pthread_sigmask(SIG_BLOCK, &pipe_only, NULL);
-        struct lc_drain_result result;
-        drain_run(LC_GATE_SIGNAL, pending_start, &result);
-        log_signal_result(pending_sig, &result);
+        if (registry_owned_live() > 0) {
+            struct lc_drain_result result;
+            drain_run(LC_GATE_SIGNAL, pending_start, &result);
+            log_signal_result(pending_sig, &result);
+        }
         report_write();
         signals_die(pending_sig);
+    }
+    if (!lc_active() || (registry_owned_live() == 0 && lc_cfg.report_path == NULL))
+        return;
+    pid_t self = getpid();
+    if (exit_drained_pid == self)
+        return;
+    exit_drained_pid = self;
+    if (runtime_drain_requested()) {
+        /* A signal drain is under way and ends in the process's death. */
+        for (;;)
+            pause();
     }
     int64_t start_ms = lc_now_ms();
     arm_exit_deadline(status, start_ms);
