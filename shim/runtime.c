@@ -105,8 +105,11 @@ static void config_from_env(void)
     lc_log_setup(&lc_cfg);
 }
 
+__thread int lc_forking __attribute__((tls_model("initial-exec")));
+
 static void atfork_prepare(void)
 {
+    lc_forking = 1;
     pthread_mutex_lock(&runtime_lock);
     registry_atfork_prepare();
     inflight_atfork_prepare();
@@ -118,6 +121,7 @@ static void atfork_parent(void)
     inflight_atfork_parent();
     registry_atfork_parent();
     pthread_mutex_unlock(&runtime_lock);
+    lc_forking = 0;
 }
 
 static void atfork_child(void)
@@ -138,6 +142,7 @@ static void atfork_child(void)
     runtime_pid = 0;
     __atomic_store_n(&drain_requested, 0, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&runtime_lock); /* taken by this thread in atfork_prepare */
+    lc_forking = 0;
 }
 
 /* Read under the registry lock (registry_set_transaction_probe). */
@@ -380,8 +385,8 @@ void runtime_on_connect(int uses_ssl)
         return;
     /* safepoint_prepare walks the loaded objects (dl_iterate_phdr, ld.so's
      * lock): never under a lock of ours. It is idempotent. */
-    int lazy_ok = __atomic_load_n(&runtime_pid, __ATOMIC_ACQUIRE) != self && thread_can_wait() &&
-                  safepoint_prepare();
+    int lazy_ok = __atomic_load_n(&runtime_pid, __ATOMIC_ACQUIRE) != self &&
+                  safepoint_prepare() && thread_can_wait();
     pthread_mutex_lock(&runtime_lock);
     if (runtime_pid != self) {
         inflight_prepare_barrier();

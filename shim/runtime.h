@@ -16,6 +16,11 @@ extern __thread int lc_depth __attribute__((tls_model("initial-exec")));
 
 void runtime_init(void);
 
+/* Set on the forking thread from our fork prepare handler to the parent's or
+ * child's: meanwhile it holds our locks, the allocator's and the loader's, and
+ * must not be parked. */
+extern __thread int lc_forking __attribute__((tls_model("initial-exec")));
+
 /* Writing the leak report (symbolizing stacks with addr2line, bounded per
  * module) may take this much on top of the deadline. */
 #define LC_REPORT_ALLOWANCE_MS 5000

@@ -440,6 +440,48 @@ int safepoint_is_retry(const siginfo_t *info)
     return info && info->si_code == SI_TIMER && info->si_value.sival_ptr == &retry_marker;
 }
 
+/* A timer of each thread's own: several threads may wait to be parked. */
+static char park_marker;
+static __thread int park_timer_plus1 __attribute__((tls_model("initial-exec")));
+static __thread pid_t park_timer_pid __attribute__((tls_model("initial-exec")));
+
+int safepoint_park_retry(int sig, long delay_us)
+{
+    pid_t self = getpid();
+    if (park_timer_plus1 == 0 || park_timer_pid != self) {
+        struct sigevent ev;
+        memset(&ev, 0, sizeof ev);
+        ev.sigev_notify = SIGEV_THREAD_ID;
+        ev.sigev_signo = sig;
+        ev.sigev_value.sival_ptr = &park_marker;
+        ev._sigev_un._tid = (pid_t)syscall(SYS_gettid);
+        int id;
+        if (syscall(SYS_timer_create, CLOCK_MONOTONIC, &ev, &id) != 0)
+            return -1;
+        park_timer_plus1 = id + 1;
+        park_timer_pid = self;
+    }
+    struct itimerspec when;
+    memset(&when, 0, sizeof when);
+    when.it_value.tv_sec = delay_us / 1000000;
+    when.it_value.tv_nsec = (delay_us % 1000000) * 1000;
+    return syscall(SYS_timer_settime, park_timer_plus1 - 1, 0, &when, NULL) == 0 ? 0 : -1;
+}
+
+int safepoint_is_park_retry(const siginfo_t *info)
+{
+    return info && info->si_code == SI_TIMER && info->si_value.sival_ptr == &park_marker;
+}
+
+int safepoint_holds_loader_lock(void)
+{
+    const volatile struct rtld_mutex *l = loader_locks;
+    if (l == NULL)
+        return 0;
+    int tid = (int)syscall(SYS_gettid);
+    return (mutex_held(&l[0]) && l[0].owner == tid) || (mutex_held(&l[1]) && l[1].owner == tid);
+}
+
 /* ---- exit() called from a signal handler ---- */
 
 /* Is there a signal frame at A (A holds the return address into glibc's
@@ -566,5 +608,8 @@ int safepoint_divert(void *uctx, void (*fn)(void)) { (void)uctx; (void)fn; retur
 int safepoint_retry(int sig, long delay_us) { (void)sig; (void)delay_us; return -1; }
 int safepoint_is_retry(const siginfo_t *info) { (void)info; return 0; }
 int safepoint_exit_is_safe(void) { return 1; }
+int safepoint_park_retry(int sig, long delay_us) { (void)sig; (void)delay_us; return -1; }
+int safepoint_is_park_retry(const siginfo_t *info) { (void)info; return 0; }
+int safepoint_holds_loader_lock(void) { return 0; }
 
 #endif

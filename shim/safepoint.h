@@ -47,6 +47,15 @@ int safepoint_retry(int sig, long delay_us);
 /* Is INFO such a retry? Async-signal-safe. */
 int safepoint_is_retry(const siginfo_t *info);
 
+/* Does this thread hold ld.so's load or write lock (it runs a dlopen'd
+ * object's constructor, or a dl_iterate_phdr callback)? 0 when that cannot be
+ * known (safepoint_prepare found no loader locks). Async-signal-safe. */
+int safepoint_holds_loader_lock(void);
+/* Delivers SIG to this thread in DELAY_US on a timer of the thread's own,
+ * marked as a park retry. Async-signal-safe. Returns 0, or -1. */
+int safepoint_park_retry(int sig, long delay_us);
+int safepoint_is_park_retry(const siginfo_t *info);
+
 /* For the atexit drain: 0 when this thread is running a signal handler (a
  * program's handler that called exit()) whose interrupted code was at an
  * unsafe point; 1 otherwise (not in a handler, or at a safe point). */

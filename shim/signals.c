@@ -485,6 +485,21 @@ static void lazy_try(int sig, void *uctx, const siginfo_t *delivered)
         lazy_status_answer_short();
 }
 
+/* Parked while it runs a dlopen'd object's constructor, a thread would hold
+ * ld.so's load lock for good: every other thread's loader call (dlsym from an
+ * FFI, libpq's own lookups inside PQgetResult) would wait forever, and their
+ * connections look busy until they are cut. Parked inside fork(), it would
+ * hold every lock the fork handlers took (the registry's: the drain could
+ * not even start). Such a thread goes on until it has left the loader or
+ * fork(), a moment later, and is parked then. */
+static void park_or_retry(int sig)
+{
+    if ((lc_forking || safepoint_holds_loader_lock()) &&
+        safepoint_park_retry(sig, LAZY_RETRY_US) == 0)
+        return;
+    park_until_death();
+}
+
 static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
 {
     int saved_errno = errno;
@@ -496,6 +511,12 @@ static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
         if (end.sig > 0)
             signals_die(end.sig);
         _exit(end.status);
+    }
+    if (safepoint_is_park_retry(info)) {
+        if (runtime_drain_requested())
+            park_or_retry(sig);
+        errno = saved_errno;
+        return;
     }
     if (safepoint_is_retry(info)) {
         if ((lazy_drain_pending() || __atomic_load_n(&lazy_token, __ATOMIC_ACQUIRE)) &&
@@ -600,7 +621,8 @@ static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
         errno = saved_errno;
         return;
     }
-    park_until_death();
+    park_or_retry(sig);
+    errno = saved_errno;
 }
 
 /* ---- the program's view ---- */

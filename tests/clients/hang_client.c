@@ -6,6 +6,8 @@
  *       drain that allocates is stuck; SIGTERM, or exit(7)
  *   hang_client plugin-sleep PLUGIN       a transaction open, then dlopen of a
  *       plugin whose constructor sleeps (ld.so's load lock held): SIGTERM then
+ *   hang_client plugin-sleep-threaded PLUGIN   the same, while another thread
+ *       runs queries whose notice processor calls dlsym
  *   hang_client exit-in-malloc            exit(3) from a SIGALRM handler that
  *       interrupts malloc/free at a random moment
  *   hang_client abandon                   exit(4) from a SIGALRM handler that
@@ -80,8 +82,29 @@ static void stall(int then_exit)
         pause();
 }
 
-static void plugin_sleep(const char *plugin)
+static void looking_up_notice(void *arg, const char *message)
 {
+    (void)arg;
+    (void)message;
+    (void)!dlsym(RTLD_DEFAULT, "getpid"); /* waits while ld.so's load lock is held */
+}
+
+static void *notices_with_lookups(void *arg)
+{
+    PGconn *c = arg;
+    PQsetNoticeProcessor(c, looking_up_notice, NULL);
+    for (;;)
+        PQclear(PQexec(c, "DO $$ BEGIN FOR i IN 1..5 LOOP RAISE NOTICE 'n %', i; "
+                          "PERFORM pg_sleep(0.001); END LOOP; END $$"));
+    return NULL;
+}
+
+static void plugin_sleep(const char *plugin, int threaded)
+{
+    if (threaded) {
+        pthread_t t;
+        pthread_create(&t, NULL, notices_with_lookups, connect_or_die());
+    }
     PGconn *c = connect_or_die();
     exec_or_die(c, "BEGIN");
     exec_or_die(c, "SELECT 1");
@@ -273,7 +296,9 @@ int main(int argc, char **argv)
     else if (strcmp(mode, "stall-exit") == 0)
         stall(1);
     else if (strcmp(mode, "plugin-sleep") == 0 && argc > 2)
-        plugin_sleep(argv[2]);
+        plugin_sleep(argv[2], 0);
+    else if (strcmp(mode, "plugin-sleep-threaded") == 0 && argc > 2)
+        plugin_sleep(argv[2], 1);
     else if (strcmp(mode, "exit-in-malloc") == 0)
         exit_in_malloc();
     else if (strcmp(mode, "abandon") == 0)

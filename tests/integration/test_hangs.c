@@ -231,3 +231,47 @@ Test(hangs, a_frozen_transaction_is_rolled_back_at_once)
     pg_wait_backends_gone("hang_frozen_without", 10000);
     cr_assert_gt(pg_log_abrupt("hang_frozen_without"), 0, "the problem did not show without");
 }
+
+/* Threaded case 2: SIGTERM lands on the thread running a plugin's
+ * constructor while another thread's notice processor calls dlsym inside
+ * PQexec. Parked in the constructor, the first thread held ld.so's load lock
+ * for good: the second waited forever inside its call, and its connection was
+ * cancelled and cut at the deadline. Now the first is parked once it has left
+ * the loader, and everything drains. */
+Test(hangs, sigterm_in_a_constructor_beside_a_thread_that_looks_symbols_up)
+{
+    if (getenv("LASTCALL_TEST_TSAN"))
+        cr_skip_test("ThreadSanitizer cannot see ld.so's locks");
+    const char *plugin = build_path("tests/clients/slow_ctor_plugin.so");
+    char plugin_copy[1024];
+    snprintf(plugin_copy, sizeof plugin_copy, "%s", plugin);
+    const char *args[] = {CLIENT, "plugin-sleep-threaded", plugin_copy, NULL};
+    const char *env[] = {"LASTCALL_DEADLINE=2s", "LASTCALL_GRACE=300ms", "LASTCALL_LOG=info",
+                         NULL};
+    for (int with = 0; with < 2; with++) {
+        struct proc p;
+        const char *app = with ? "hang_ctor_thr_with" : "hang_ctor_thr_without";
+        start(&p, with ? with_shim(NULL) : NULL, args, app, env);
+        cr_assert_eq(proc_wait_for(&p, "in-constructor", 10000), 0, "%s", p.err);
+        sleep_ms(50);
+        int64_t t0 = now_us();
+        kill(p.pid, SIGTERM);
+        int64_t ms;
+        int status = end_of(&p, t0, &ms);
+        fprintf(stderr, "plugin-sleep-threaded %s lastcall: status %d after %lld ms\n",
+                with ? "with" : "without", status, (long long)ms);
+        cr_assert(died_by(status, SIGTERM), "%s: status %d: %s", app, status, p.err);
+        cr_assert_leq(ms, 2000 + 100 + slack_ms(), "%s: %lld ms", app, (long long)ms);
+        if (with) {
+            cr_assert(strstr(p.err, "drained 2 PostgreSQL") && !strstr(p.err, "some cut"),
+                      "not drained whole: %s", p.err);
+            cr_assert_lt(ms, 1000 + slack_ms(), "the drain waited for a stuck thread: %s",
+                         p.err);
+        }
+    }
+    cr_assert_eq(pg_wait_backends_gone("hang_ctor_thr_with", 10000), 0);
+    int abrupt = pg_log_abrupt("hang_ctor_thr_with");
+    if (abrupt)
+        pg_log_dump_app("hang_ctor_thr_with");
+    cr_assert_eq(abrupt, 0);
+}
