@@ -473,6 +473,13 @@ int safepoint_is_park_retry(const siginfo_t *info)
     return info && info->si_code == SI_TIMER && info->si_value.sival_ptr == &park_marker;
 }
 
+int safepoint_pc_is_safe(const void *uctx, const siginfo_t *info)
+{
+    if (__atomic_load_n(&prepared, __ATOMIC_ACQUIRE) <= 0 || uctx == NULL)
+        return 1; /* cannot tell */
+    return pc_is_safe(uctx, info);
+}
+
 int safepoint_holds_loader_lock(void)
 {
     const volatile struct rtld_mutex *l = loader_locks;
@@ -611,5 +618,6 @@ int safepoint_exit_is_safe(void) { return 1; }
 int safepoint_park_retry(int sig, long delay_us) { (void)sig; (void)delay_us; return -1; }
 int safepoint_is_park_retry(const siginfo_t *info) { (void)info; return 0; }
 int safepoint_holds_loader_lock(void) { return 0; }
+int safepoint_pc_is_safe(const void *uctx, const siginfo_t *info) { (void)uctx; (void)info; return 1; }
 
 #endif

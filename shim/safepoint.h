@@ -51,6 +51,10 @@ int safepoint_is_retry(const siginfo_t *info);
  * object's constructor, or a dl_iterate_phdr callback)? 0 when that cannot be
  * known (safepoint_prepare found no loader locks). Async-signal-safe. */
 int safepoint_holds_loader_lock(void);
+/* Was the thread interrupted where libc, the loader and the allocator hold
+ * nothing of its (the innermost program counter alone)? 1 when that cannot
+ * be known. Async-signal-safe. */
+int safepoint_pc_is_safe(const void *uctx, const siginfo_t *info);
 /* Delivers SIG to this thread in DELAY_US on a timer of the thread's own,
  * marked as a park retry. Async-signal-safe. Returns 0, or -1. */
 int safepoint_park_retry(int sig, long delay_us);

@@ -120,6 +120,9 @@ static int lazy_drain_pending(void)
            __atomic_load_n(&lazy_pid, __ATOMIC_ACQUIRE) == getpid();
 }
 #define LAZY_RETRY_US 50
+/* How long a thread interrupted inside libc is given to leave it before it
+ * is parked where it is. */
+#define PARK_TRY_MS 20
 
 int signals_shutdown_started(void)
 {
@@ -492,11 +495,24 @@ static void lazy_try(int sig, void *uctx, const siginfo_t *delivered)
  * hold every lock the fork handlers took (the registry's: the drain could
  * not even start). Such a thread goes on until it has left the loader or
  * fork(), a moment later, and is parked then. */
-static void park_or_retry(int sig)
+static __thread int64_t park_tried_since_ms __attribute__((tls_model("initial-exec")));
+
+static void park_or_retry(int sig, const void *uctx, const siginfo_t *info)
 {
     if ((lc_forking || safepoint_holds_loader_lock()) &&
         safepoint_park_retry(sig, LAZY_RETRY_US) == 0)
         return;
+    /* Inside libc or the allocator a thread may hold the arena lock that
+     * other threads' libpq calls need: tried again for a while (a thread
+     * waiting in a futex for good would never leave libc: then parked). */
+    if (!safepoint_pc_is_safe(uctx, info)) {
+        int64_t now = lc_now_ms();
+        if (park_tried_since_ms == 0)
+            park_tried_since_ms = now;
+        if (now - park_tried_since_ms < PARK_TRY_MS &&
+            safepoint_park_retry(sig, LAZY_RETRY_US) == 0)
+            return;
+    }
     park_until_death();
 }
 
@@ -513,8 +529,9 @@ static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
         _exit(end.status);
     }
     if (safepoint_is_park_retry(info)) {
-        if (runtime_drain_requested())
-            park_or_retry(sig);
+        /* Inside a library call by now: its hook parks the thread. */
+        if (runtime_drain_requested() && __atomic_load_n(&lc_inflight, __ATOMIC_ACQUIRE) == NULL)
+            park_or_retry(sig, uctx, info);
         errno = saved_errno;
         return;
     }
@@ -621,7 +638,7 @@ static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
         errno = saved_errno;
         return;
     }
-    park_or_retry(sig);
+    park_or_retry(sig, uctx, delivered);
     errno = saved_errno;
 }
 
