@@ -130,8 +130,11 @@ Test(loader, feature_probe_reads_what_the_library_has)
     cr_assert_eq(s_with, s_without, "%s", b.err);
     fprintf(stderr, "feature probe without lastcall:\n%swith:\n%s", a.out, b.out);
     cr_assert_str_eq(b.out, a.out);
-    /* The case itself must have been tried: the system hiredis is 0.14. */
-    cr_assert(strstr(a.out, "redisConnectWithOptions default no error yes"), "%s", a.out);
+    /* The case itself must have been tried: a hooked name the process lacks
+     * (no libpq is loaded here), and redisConnectWithOptions, which Debian
+     * 12's hiredis 0.14 lacks and the build-hiredis1 run's 1.2 has: either
+     * way the answer with lastcall is the one above, without it. */
+    cr_assert(strstr(a.out, "redisConnectWithOptions default "), "%s", a.out);
     cr_assert(strstr(a.out, "PQconnectdb default no error yes"), "%s", a.out);
     cr_assert(strstr(a.out, "redisConnect default yes error no"), "%s", a.out);
 }
