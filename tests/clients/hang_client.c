@@ -27,6 +27,7 @@
 #include <dlfcn.h>
 #include <libpq-fe.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -212,13 +213,25 @@ static void busy_notice(void *arg, const char *message)
 struct searcher {
     unsigned seed;
     const char *plugin;
+    int main;                 /* the main thread's: how many threads connect in all */
+    void (*on_ready)(void);
 };
+
+static int searchers_connected;
 
 static void *search_loop(void *arg)
 {
     struct searcher *s = arg;
     PGconn *c = connect_or_die();
     PQsetNoticeProcessor(c, busy_notice, NULL);
+    __atomic_add_fetch(&searchers_connected, 1, __ATOMIC_RELEASE);
+    if (s->main) {
+        /* "ready" once every thread is connected: a signal before any
+         * connection exists has nothing to drain. */
+        while (__atomic_load_n(&searchers_connected, __ATOMIC_ACQUIRE) < s->main)
+            sched_yield();
+        s->on_ready();
+    }
     unsigned seed = s->seed;
     for (;;) {
         switch (rand_r(&seed) % 6) {
@@ -266,6 +279,20 @@ static void exit_9(int sig)
     exit(9);
 }
 
+static long search_exit_ms;
+
+static void search_ready(void)
+{
+    if (search_exit_ms > 0) {
+        signal(SIGALRM, exit_9);
+        struct itimerval it = {{0, 0}, {search_exit_ms / 1000, (search_exit_ms % 1000) * 1000}};
+        ready();
+        setitimer(ITIMER_REAL, &it, NULL);
+    } else {
+        ready();
+    }
+}
+
 static void search(unsigned seed, int threads, long exit_ms, const char *plugin)
 {
     static struct searcher s[9];
@@ -276,14 +303,9 @@ static void search(unsigned seed, int threads, long exit_ms, const char *plugin)
     pthread_t t;
     for (int i = 1; i <= threads && i < 9; i++)
         pthread_create(&t, NULL, search_loop, &s[i]);
-    if (exit_ms > 0) {
-        signal(SIGALRM, exit_9);
-        struct itimerval it = {{0, 0}, {exit_ms / 1000, (exit_ms % 1000) * 1000}};
-        ready();
-        setitimer(ITIMER_REAL, &it, NULL);
-    } else {
-        ready();
-    }
+    search_exit_ms = exit_ms;
+    s[0].main = (threads < 8 ? threads : 8) + 1;
+    s[0].on_ready = search_ready;
     search_loop(&s[0]);
 }
 
