@@ -24,8 +24,8 @@ void signals_resync(void);
 int signals_shutdown_started(void);
 
 /* A signal for the kernel's deadline timer (deadline.h) during an exit drain:
- * its kernel entry is (made) our handler. 0 when there is none. Not from a
- * signal handler of ours. */
+ * its kernel entry is (made) our handler. 0 when there is none.
+ * Async-signal-safe (exit() may run in a program's handler). */
 int signals_deadline_signal(void);
 
 /* A signal drain waiting for a safe point (a process without its drain
