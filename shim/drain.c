@@ -19,7 +19,7 @@
 
 #include "helper_thread.h"
 #include "inflight.h"
-#include "log.h"
+#include "core/log.h"
 #include "runtime.h"
 
 __thread int lc_free_keeps_fd __attribute__((tls_model("initial-exec")));

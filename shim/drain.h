@@ -6,7 +6,7 @@
 #include <stdint.h>
 
 #include "kinds.h"
-#include "registry.h"
+#include "core/registry.h"
 
 enum {
     LC_FLUSH_GIVE_UP = -1,   /* the connection is broken: cut it */

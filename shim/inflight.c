@@ -10,7 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "lc.h"
+#include "core/lc.h"
 #include "runtime.h"
 #include "symbols.h"
 

@@ -2,10 +2,10 @@
 #include "kinds.h"
 
 #include "inflight.h"
-#include "registry.h"
+#include "core/registry.h"
 #include "report.h"
 #include "runtime.h"
-#include "stacks.h"
+#include "core/stacks.h"
 
 extern const struct lc_kind lc_pq_kind, lc_redis_kind, lc_mysql_kind;
 

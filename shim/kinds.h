@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "lc.h"
+#include "core/lc.h"
 #include "symbols.h"
 
 struct lc_entry;

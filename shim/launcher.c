@@ -14,10 +14,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "config.h"
+#include "core/config.h"
 #include "doctor.h"
 #include "lastcall.h"
-#include "status.h"
+#include "core/status_protocol.h"
 
 #ifndef LASTCALL_REL_LIBDIR
 #define LASTCALL_REL_LIBDIR "../lib"

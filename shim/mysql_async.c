@@ -18,7 +18,7 @@
 
 #include "drain.h"
 #include "inflight.h"
-#include "lc.h"
+#include "core/lc.h"
 #include "mysql_conn.h"
 #include "runtime.h"
 #include "symbols.h"

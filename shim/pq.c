@@ -15,9 +15,9 @@
 #include "drain.h"
 #include "inflight.h"
 #include "kinds.h"
-#include "lc.h"
-#include "log.h"
-#include "registry.h"
+#include "core/lc.h"
+#include "core/log.h"
+#include "core/registry.h"
 #include "runtime.h"
 #include "symbols.h"
 

@@ -29,8 +29,8 @@
 #include <time.h>
 
 #include "got.h"
-#include "lc.h"
-#include "log.h"
+#include "core/lc.h"
+#include "core/log.h"
 #include "runtime.h"
 #include "symbols.h"
 

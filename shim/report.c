@@ -12,10 +12,10 @@
 
 #include "drain.h"
 #include "inflight.h"
-#include "lc.h"
-#include "log.h"
+#include "core/lc.h"
+#include "core/log.h"
 #include "runtime.h"
-#include "stacks.h"
+#include "core/stacks.h"
 
 static const char *kind_name(int kind)
 {

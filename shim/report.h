@@ -3,7 +3,7 @@
 #ifndef LC_REPORT_H
 #define LC_REPORT_H
 
-#include "registry.h"
+#include "core/registry.h"
 
 /* LASTCALL_REPORT: written atomically (temp file, rename), mode 0600. "%p" in
  * the path becomes the pid. Called at the end of an exit or signal drain. */

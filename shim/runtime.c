@@ -21,13 +21,13 @@
 #include "../include/lastcall.h"
 #include "drain.h"
 #include "inflight.h"
-#include "lc.h"
-#include "log.h"
-#include "registry.h"
+#include "core/lc.h"
+#include "core/log.h"
+#include "core/registry.h"
 #include "report.h"
 #include "safepoint.h"
 #include "signals.h"
-#include "status.h"
+#include "core/status_protocol.h"
 
 struct lc_config lc_cfg;
 int lc_initialized;

@@ -5,7 +5,7 @@
 
 #include <stdint.h>
 
-#include "config.h"
+#include "core/config.h"
 
 extern struct lc_config lc_cfg;
 extern int lc_initialized;

@@ -9,11 +9,11 @@
 
 #include "deadline.h"
 #include "inflight.h"
-#include "lc.h"
-#include "registry.h"
+#include "core/lc.h"
+#include "core/registry.h"
 #include "runtime.h"
 #include "safepoint.h"
-#include "status.h"
+#include "core/status_protocol.h"
 #include "stopdelay.h"
 
 /* glibc's own name for the real sigaction: calling it directly spares every

@@ -20,7 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "status.h"
+#include "core/status_protocol.h"
 
 #define ANSWER_WAIT_MS 2000
 /* Symbolizing opening stacks runs addr2line in the process: more time for

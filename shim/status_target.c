@@ -1,7 +1,7 @@
 /* The library's side of `lastcall status PID` (see status.h): recognise the
  * request in the signal handler, answer from the drain thread. */
 #define _GNU_SOURCE
-#include "status.h"
+#include "core/status_protocol.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -17,13 +17,13 @@
 #include <unistd.h>
 
 #include "helper_thread.h"
-#include "asfmt.h"
+#include "core/asfmt.h"
 #include "drain.h"
 #include "inflight.h"
-#include "lc.h"
-#include "registry.h"
+#include "core/lc.h"
+#include "core/registry.h"
 #include "runtime.h"
-#include "stacks.h"
+#include "core/stacks.h"
 
 int status_is_request(int sig, const siginfo_t *info)
 {

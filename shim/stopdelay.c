@@ -6,9 +6,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "asfmt.h"
-#include "config.h"
-#include "log.h"
+#include "core/asfmt.h"
+#include "core/config.h"
+#include "core/log.h"
 #include "runtime.h"
 
 /* si_value of our expiries: the address of something of ours, which no other

@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "got.h"
-#include "log.h"
+#include "core/log.h"
 #include "reach.h"
 
 /* A library is known by what it defines, not by its file name: Python wheels

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "config.h"
+#include "core/config.h"
 
 static const char *names[] = {
     "LASTCALL_DEADLINE",       "LASTCALL_GRACE",        "LASTCALL_LOG",

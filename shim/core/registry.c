@@ -1,7 +1,7 @@
 #define _GNU_SOURCE
-#include "registry.h"
+#include "core/registry.h"
 
-#include "stacks.h"
+#include "core/stacks.h"
 
 #include <errno.h>
 #include <pthread.h>

@@ -1,5 +1,5 @@
 #define _GNU_SOURCE
-#include "stacks.h"
+#include "core/stacks.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -15,7 +15,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "lc.h"
+#include "core/lc.h"
 
 /* Frames of our own hooks, skipped before max_depth counts. */
 #define LC_STACK_SLACK 8

@@ -8,7 +8,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "lc.h"
+#include "core/lc.h"
 
 struct lc_stack;
 

@@ -6,7 +6,7 @@
 
 #include <stddef.h>
 
-#include "config.h"
+#include "core/config.h"
 
 extern int lc_log_level;
 
