@@ -12,7 +12,7 @@
 
 #include "core/lc.h"
 #include "runtime.h"
-#include "symbols.h"
+#include "platform/symbols.h"
 
 __thread void *lc_inflight __attribute__((tls_model("initial-exec")));
 __thread struct lc_outer lc_outer __attribute__((tls_model("initial-exec")));

@@ -11,7 +11,7 @@
 #include <stdint.h>
 
 #include "core/lc.h"
-#include "symbols.h"
+#include "platform/symbols.h"
 
 struct lc_entry;
 

@@ -21,7 +21,7 @@
 #include "core/log.h"
 #include "core/registry.h"
 #include "runtime.h"
-#include "symbols.h"
+#include "platform/symbols.h"
 #include "mysql_conn.h"
 
 /* Out of memory: the handle goes untracked, the program goes on. */

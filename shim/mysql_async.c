@@ -21,7 +21,7 @@
 #include "core/lc.h"
 #include "mysql_conn.h"
 #include "runtime.h"
-#include "symbols.h"
+#include "platform/symbols.h"
 
 int mysql_real_connect_start(MYSQL **ret, MYSQL *mysql, const char *host, const char *user,
                              const char *passwd, const char *db, unsigned int port,

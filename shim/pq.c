@@ -19,7 +19,7 @@
 #include "core/log.h"
 #include "core/registry.h"
 #include "runtime.h"
-#include "symbols.h"
+#include "platform/symbols.h"
 
 /* libpq 17's calls, declared for older headers: their hooks answer as a
  * failed call when the real library lacks them (only a program built against

@@ -21,7 +21,7 @@
 #include "core/log.h"
 #include "core/registry.h"
 #include "runtime.h"
-#include "symbols.h"
+#include "platform/symbols.h"
 
 /* hiredis 1.x's timer call, declared for 0.14's headers (the hook answers as
  * a no-op where the real library lacks it). */

@@ -16,7 +16,7 @@
 #include <sys/single_threaded.h>
 #include <unistd.h>
 
-#include "deadline.h"
+#include "platform/deadline.h"
 #include "helper_thread.h"
 #include "../include/lastcall.h"
 #include "drain.h"
@@ -25,7 +25,7 @@
 #include "core/log.h"
 #include "core/registry.h"
 #include "report.h"
-#include "safepoint.h"
+#include "platform/safepoint.h"
 #include "signals.h"
 #include "core/status_protocol.h"
 

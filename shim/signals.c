@@ -7,12 +7,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "deadline.h"
+#include "platform/deadline.h"
 #include "inflight.h"
 #include "core/lc.h"
 #include "core/registry.h"
 #include "runtime.h"
-#include "safepoint.h"
+#include "platform/safepoint.h"
 #include "core/status_protocol.h"
 #include "stopdelay.h"
 

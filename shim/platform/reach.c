@@ -17,7 +17,7 @@
  * while they start, before instrumented code may run. Until our constructor
  * has run, every lookup goes straight through. */
 #define _GNU_SOURCE
-#include "reach.h"
+#include "platform/reach.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -28,11 +28,11 @@
 #include <string.h>
 #include <time.h>
 
-#include "got.h"
+#include "platform/got.h"
 #include "core/lc.h"
 #include "core/log.h"
 #include "runtime.h"
-#include "symbols.h"
+#include "platform/symbols.h"
 
 typedef void *(*dlsym_fn)(void *, const char *);
 typedef void *(*dlvsym_fn)(void *, const char *, const char *);

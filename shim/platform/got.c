@@ -1,5 +1,5 @@
 #define _GNU_SOURCE
-#include "got.h"
+#include "platform/got.h"
 
 #include <elf.h>
 #include <fcntl.h>

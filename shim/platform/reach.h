@@ -11,7 +11,7 @@
 
 #include <stddef.h>
 
-#include "symbols.h"
+#include "platform/symbols.h"
 
 /* libc's own dlsym/dlvsym: our lookups of real functions must not get our
  * hooks back, and dlsym(RTLD_NEXT) must be called from inside the shim to

@@ -1,5 +1,5 @@
 #define _GNU_SOURCE
-#include "deadline.h"
+#include "platform/deadline.h"
 
 #include <string.h>
 #include <sys/syscall.h>

@@ -1,7 +1,7 @@
 #define _GNU_SOURCE
-#include "safepoint.h"
+#include "platform/safepoint.h"
 
-#include "got.h"
+#include "platform/got.h"
 
 #include <errno.h>
 #include <stddef.h>

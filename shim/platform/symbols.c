@@ -1,13 +1,13 @@
 #define _GNU_SOURCE
-#include "symbols.h"
+#include "platform/symbols.h"
 
 #include <dlfcn.h>
 #include <link.h>
 #include <string.h>
 
-#include "got.h"
+#include "platform/got.h"
 #include "core/log.h"
-#include "reach.h"
+#include "platform/reach.h"
 
 /* A library is known by what it defines, not by its file name: Python wheels
  * and vendored builds ship libpq as libpq-1a2b3c4d.so.5.15. */
