@@ -17,8 +17,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "helper_thread.h"
-#include "inflight.h"
+#include "track/helper_thread.h"
+#include "track/inflight.h"
 #include "core/log.h"
 #include "runtime.h"
 

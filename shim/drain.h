@@ -5,7 +5,7 @@
 
 #include <stdint.h>
 
-#include "kinds.h"
+#include "track/kind.h"
 #include "core/registry.h"
 
 enum {

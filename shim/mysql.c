@@ -15,8 +15,8 @@
 #include <sys/socket.h>
 
 #include "drain.h"
-#include "inflight.h"
-#include "kinds.h"
+#include "track/inflight.h"
+#include "track/kind.h"
 #include "core/lc.h"
 #include "core/log.h"
 #include "core/registry.h"

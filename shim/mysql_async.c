@@ -17,7 +17,7 @@
 #include <stddef.h>
 
 #include "drain.h"
-#include "inflight.h"
+#include "track/inflight.h"
 #include "core/lc.h"
 #include "mysql_conn.h"
 #include "runtime.h"

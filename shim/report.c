@@ -11,7 +11,7 @@
 #include <unistd.h>
 
 #include "drain.h"
-#include "inflight.h"
+#include "track/inflight.h"
 #include "core/lc.h"
 #include "core/log.h"
 #include "runtime.h"

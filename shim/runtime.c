@@ -17,10 +17,10 @@
 #include <unistd.h>
 
 #include "platform/deadline.h"
-#include "helper_thread.h"
+#include "track/helper_thread.h"
 #include "../include/lastcall.h"
 #include "drain.h"
-#include "inflight.h"
+#include "track/inflight.h"
 #include "core/lc.h"
 #include "core/log.h"
 #include "core/registry.h"

@@ -8,7 +8,7 @@
 #include <unistd.h>
 
 #include "platform/deadline.h"
-#include "inflight.h"
+#include "track/inflight.h"
 #include "core/lc.h"
 #include "core/registry.h"
 #include "runtime.h"

@@ -16,10 +16,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "helper_thread.h"
+#include "track/helper_thread.h"
 #include "core/asfmt.h"
 #include "drain.h"
-#include "inflight.h"
+#include "track/inflight.h"
 #include "core/lc.h"
 #include "core/registry.h"
 #include "runtime.h"

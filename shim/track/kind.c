@@ -1,7 +1,7 @@
 /* The kind table (see kinds.h) and the connect path every kind shares. */
-#include "kinds.h"
+#include "track/kind.h"
 
-#include "inflight.h"
+#include "track/inflight.h"
 #include "core/registry.h"
 #include "report.h"
 #include "runtime.h"

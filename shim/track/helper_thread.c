@@ -1,5 +1,5 @@
 #define _GNU_SOURCE
-#include "helper_thread.h"
+#include "track/helper_thread.h"
 
 #include <pthread.h>
 #include <signal.h>

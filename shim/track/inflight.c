@@ -1,6 +1,6 @@
 #define _GNU_SOURCE
-#include "inflight.h"
-#include "helper_thread.h"
+#include "track/inflight.h"
+#include "track/helper_thread.h"
 
 #include <errno.h>
 #include <linux/membarrier.h>
