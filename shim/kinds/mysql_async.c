@@ -19,7 +19,7 @@
 #include "drain.h"
 #include "track/inflight.h"
 #include "core/lc.h"
-#include "mysql_conn.h"
+#include "kinds/mysql_conn.h"
 #include "runtime.h"
 #include "platform/symbols.h"
 

@@ -22,7 +22,7 @@
 #include "core/registry.h"
 #include "runtime.h"
 #include "platform/symbols.h"
-#include "mysql_conn.h"
+#include "kinds/mysql_conn.h"
 
 /* Out of memory: the handle goes untracked, the program goes on. */
 static int my_oom; /* under my_lock */
