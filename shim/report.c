@@ -10,7 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "drain.h"
+#include "shutdown/drain.h"
 #include "track/inflight.h"
 #include "core/lc.h"
 #include "core/log.h"

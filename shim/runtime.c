@@ -19,7 +19,7 @@
 #include "platform/deadline.h"
 #include "track/helper_thread.h"
 #include "../include/lastcall.h"
-#include "drain.h"
+#include "shutdown/drain.h"
 #include "track/inflight.h"
 #include "core/lc.h"
 #include "core/log.h"

@@ -18,7 +18,7 @@
 
 #include "track/helper_thread.h"
 #include "core/asfmt.h"
-#include "drain.h"
+#include "shutdown/drain.h"
 #include "track/inflight.h"
 #include "core/lc.h"
 #include "core/registry.h"

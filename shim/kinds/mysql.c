@@ -14,7 +14,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "drain.h"
+#include "shutdown/drain.h"
 #include "track/inflight.h"
 #include "track/kind.h"
 #include "core/lc.h"

@@ -16,7 +16,7 @@
 #include <errno.h>
 #include <stddef.h>
 
-#include "drain.h"
+#include "shutdown/drain.h"
 #include "track/inflight.h"
 #include "core/lc.h"
 #include "kinds/mysql_conn.h"

@@ -12,7 +12,7 @@
 
 #include <libpq-fe.h>
 
-#include "drain.h"
+#include "shutdown/drain.h"
 #include "track/inflight.h"
 #include "track/kind.h"
 #include "core/lc.h"

@@ -14,7 +14,7 @@
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
-#include "drain.h"
+#include "shutdown/drain.h"
 #include "track/inflight.h"
 #include "track/kind.h"
 #include "core/lc.h"

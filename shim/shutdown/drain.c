@@ -1,5 +1,5 @@
 #define _GNU_SOURCE
-#include "drain.h"
+#include "shutdown/drain.h"
 
 #include <dirent.h>
 #include <errno.h>
