@@ -26,7 +26,7 @@
 #include "core/registry.h"
 #include "report.h"
 #include "platform/safepoint.h"
-#include "signals.h"
+#include "signals/signals.h"
 #include "core/status_protocol.h"
 
 struct lc_config lc_cfg;

@@ -1,5 +1,5 @@
 #define _GNU_SOURCE
-#include "signals.h"
+#include "signals/signals.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -14,7 +14,7 @@
 #include "runtime.h"
 #include "platform/safepoint.h"
 #include "core/status_protocol.h"
-#include "stopdelay.h"
+#include "signals/stopdelay.h"
 
 /* glibc's own name for the real sigaction: calling it directly spares every
  * process (a shell, /bin/true) a dlsym at start-up. */

@@ -1,5 +1,5 @@
 #define _GNU_SOURCE
-#include "stopdelay.h"
+#include "signals/stopdelay.h"
 
 #include <errno.h>
 #include <string.h>
