@@ -24,7 +24,7 @@
 #include "core/lc.h"
 #include "core/log.h"
 #include "core/registry.h"
-#include "report.h"
+#include "observe/report.h"
 #include "platform/safepoint.h"
 #include "signals/signals.h"
 #include "core/status_protocol.h"

@@ -3,7 +3,7 @@
 
 #include "track/inflight.h"
 #include "core/registry.h"
-#include "report.h"
+#include "observe/report.h"
 #include "runtime.h"
 #include "core/stacks.h"
 

@@ -1,5 +1,5 @@
 #define _GNU_SOURCE
-#include "report.h"
+#include "observe/report.h"
 
 #include <errno.h>
 #include <fcntl.h>
