@@ -15,7 +15,7 @@
 #include <unistd.h>
 
 #include "core/config.h"
-#include "doctor.h"
+#include "launcher/doctor.h"
 #include "lastcall.h"
 #include "core/status_protocol.h"
 

@@ -1,5 +1,5 @@
 #define _GNU_SOURCE
-#include "doctor.h"
+#include "launcher/doctor.h"
 
 #include <dirent.h>
 #include <elf.h>
