@@ -10,11 +10,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "shutdown/drain.h"
 #include "track/inflight.h"
+#include "track/kind.h"
 #include "core/lc.h"
 #include "core/log.h"
-#include "runtime.h"
+#include "core/process.h"
 #include "core/stacks.h"
 
 static const char *kind_name(int kind)

@@ -31,7 +31,7 @@
 #include "platform/got.h"
 #include "core/lc.h"
 #include "core/log.h"
-#include "runtime.h"
+#include "core/process.h"
 #include "platform/symbols.h"
 
 typedef void *(*dlsym_fn)(void *, const char *);
