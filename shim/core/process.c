@@ -7,7 +7,7 @@
 #include <sys/auxv.h>
 #include <unistd.h>
 
-#include "core/lc.h"
+#include "core/compiler.h"
 #include "core/log.h"
 
 struct lc_config lc_cfg;

@@ -15,7 +15,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "core/lc.h"
+#include "core/clock.h"
 
 /* Frames of our own hooks, skipped before max_depth counts. */
 #define LC_STACK_SLACK 8

@@ -16,7 +16,8 @@
 
 #include "track/inflight.h"
 #include "track/kind.h"
-#include "core/lc.h"
+#include "core/compiler.h"
+#include "core/kind_id.h"
 #include "core/log.h"
 #include "core/registry.h"
 #include "core/process.h"

@@ -17,7 +17,7 @@
 #include <stddef.h>
 
 #include "track/inflight.h"
-#include "core/lc.h"
+#include "core/compiler.h"
 #include "kinds/mysql_conn.h"
 #include "core/process.h"
 #include "platform/symbols.h"

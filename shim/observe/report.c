@@ -12,7 +12,8 @@
 
 #include "track/inflight.h"
 #include "track/kind.h"
-#include "core/lc.h"
+#include "core/clock.h"
+#include "core/kind_id.h"
 #include "core/log.h"
 #include "core/process.h"
 #include "core/stacks.h"

@@ -21,7 +21,7 @@
 #include "core/asfmt.h"
 #include "track/inflight.h"
 #include "track/kind.h"
-#include "core/lc.h"
+#include "core/clock.h"
 #include "core/registry.h"
 #include "core/process.h"
 #include "core/stacks.h"

@@ -29,7 +29,7 @@
 #include <time.h>
 
 #include "platform/got.h"
-#include "core/lc.h"
+#include "platform/libc.h"
 #include "core/log.h"
 #include "core/process.h"
 #include "platform/symbols.h"
@@ -849,6 +849,6 @@ __asm__(".text\n"
  * than pthread_atfork: lc.h says why. */
 __attribute__((constructor)) static void reach_constructor(void)
 {
-    __register_atfork(state_prepare, state_release, state_release, __dso_handle);
-    __register_atfork(NULL, NULL, loads_atfork_child, __dso_handle);
+    lc_register_atfork(state_prepare, state_release, state_release);
+    lc_register_atfork(NULL, NULL, loads_atfork_child);
 }

@@ -3,7 +3,8 @@
 #include <string.h>
 
 #include "../include/lastcall.h"
-#include "core/lc.h"
+#include "core/compiler.h"
+#include "core/kind_id.h"
 #include "core/registry.h"
 
 /* Callers built against an older header pass the older, smaller size: they

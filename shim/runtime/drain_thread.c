@@ -14,7 +14,7 @@
 #include <sys/single_threaded.h>
 #include <unistd.h>
 
-#include "core/lc.h"
+#include "core/clock.h"
 #include "core/log.h"
 #include "core/process.h"
 #include "core/registry.h"

@@ -11,7 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "core/lc.h"
+#include "core/clock.h"
 #include "core/log.h"
 #include "core/process.h"
 #include "core/registry.h"

@@ -6,7 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "core/lc.h"
+#include "core/clock.h"
 #include "core/log.h"
 #include "core/registry.h"
 #include "core/process.h"

@@ -8,7 +8,8 @@
 #include <pthread.h>
 #include <sched.h>
 
-#include "core/lc.h"
+#include "core/compiler.h"
+#include "platform/libc.h"
 #include "core/process.h"
 #include "core/log.h"
 #include "core/registry.h"
@@ -94,12 +95,12 @@ static int entry_in_transaction(struct lc_entry *e)
     return k->in_transaction && k->in_transaction(e);
 }
 
-/* __register_atfork, not pthread_atfork: lc.h says why. */
+/* lc_register_atfork, not pthread_atfork: platform/libc.h says why. */
 LC_STARTUP static void do_init(void)
 {
     process_load_config();
     if (!lc_cfg.disabled) {
-        __register_atfork(atfork_prepare, atfork_parent, atfork_child, __dso_handle);
+        lc_register_atfork(atfork_prepare, atfork_parent, atfork_child);
         signals_install(&lc_cfg.signals, lc_cfg.status_signal, &signals_sink);
         inflight_set_touch(lc_cfg.leak_age_ms > 0);
         inflight_register_thread(); /* the main thread; pthread_create registers the rest */

@@ -17,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "track/threads.h"
 #include "track/inflight.h"
 #include "core/log.h"

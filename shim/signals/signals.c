@@ -8,7 +8,8 @@
 #include <unistd.h>
 
 #include "platform/deadline.h"
-#include "core/lc.h"
+#include "core/compiler.h"
+#include "core/clock.h"
 #include "core/registry.h"
 #include "core/process.h"
 #include "platform/safepoint.h"

@@ -9,7 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "core/lc.h"
+#include "core/clock.h"
 #include "core/process.h"
 #include "platform/symbols.h"
 

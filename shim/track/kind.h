@@ -1,16 +1,17 @@
 /* The kind table: everything lastcall knows about one kind of connection
  * (PostgreSQL, Redis, MySQL) is one struct lc_kind, defined in that kind's
- * own file (pq.c, redis.c, mysql.c) and listed once in kinds.c. The drain,
+ * own file (kinds/pq.c, redis.c, mysql.c) and listed once in runtime/kind_table.c. The drain,
  * the logs, the reports, the status snapshot and the public counters loop
- * over lc_kinds[]; none of them names a kind. Adding a kind: an enum line in
- * lc.h, its file, its line in kinds.c. */
+ * over lc_kinds[]; none of them names a kind. Adding a kind: see shim/DESIGN.md. */
 #ifndef LC_KINDS_H
 #define LC_KINDS_H
 
+#include <fcntl.h>
 #include <stddef.h>
 #include <stdint.h>
 
-#include "core/lc.h"
+#include "core/compiler.h"
+#include "core/kind_id.h"
 #include "platform/symbols.h"
 
 struct lc_entry;
@@ -113,6 +114,14 @@ struct lc_kind {
      * `cancel` (PGcancel, MySQL's credentials) is no longer needed. May be NULL. */
     void (*free_cancel)(void *cancel);
 };
+
+/* The drain writes only to non-blocking sockets: a full one means "later". */
+static inline void lc_set_nonblocking(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0 && !(fl & O_NONBLOCK))
+        fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
 
 extern const struct lc_kind *const lc_kinds[LC_KIND_COUNT];
 

@@ -6,7 +6,7 @@
 #include <errno.h>
 #include <stdlib.h>
 
-#include "core/lc.h"
+#include "core/compiler.h"
 #include "core/upcalls.h"
 #include "platform/symbols.h"
 #include "track/inflight.h"

@@ -8,7 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "core/lc.h"
+#include "core/clock.h"
 #include "track/threads.h"
 
 #define BOUNDED_SLOTS 32
