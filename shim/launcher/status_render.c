@@ -25,28 +25,17 @@ void *grow(void *p, size_t *cap, size_t elem, size_t first)
 static const char *state_words[N_STATES] = {"in_flight", "idle", "idle_in_transaction",
                                             "failed"};
 
-/* The library's kind table (kinds.h), as the launcher renders it: the first
- * two are always shown, the others when the process holds one. */
-static const char *const kind_words[] = {"postgresql", "redis", "mysql"};
-static const char *const kind_titles[] = {"PostgreSQL", "Redis", "MySQL"};
-#define N_KINDS ((int)(sizeof kind_words / sizeof kind_words[0]))
-
-static const char *kind_word(int k)
+/* The library's kind table comes in the answer's kind lines; a kind named
+ * only by a connection (a library that sent none) is shown by its word. */
+static int kind_of_word(struct answer *a, const char *w)
 {
-    return kind_words[k];
-}
-
-static const char *kind_title(int k)
-{
-    return kind_titles[k];
-}
-
-static int kind_of_word(const char *w)
-{
-    for (int k = 0; k < N_KINDS; k++)
-        if (strcmp(w, kind_words[k]) == 0)
+    for (int k = 0; k < a->n_kinds; k++)
+        if (strcmp(w, a->kinds[k].word) == 0)
             return k;
-    return 0;
+    if (a->n_kinds == MAX_KINDS)
+        return 0;
+    a->kinds[a->n_kinds] = (struct kind_info){w, w, 0, 1};
+    return a->n_kinds++;
 }
 
 static int split(char *line, char **f, int max)
@@ -85,6 +74,11 @@ int parse(char *text, struct answer *a)
             a->now_ms = atoll(f[1]);
         } else if (strcmp(f[0], "error") == 0 && n >= 2) {
             a->error = f[1];
+        } else if (strcmp(f[0], "kind") == 0 && n >= 5) {
+            int k = kind_of_word(a, f[1]);
+            a->kinds[k].title = f[2];
+            a->kinds[k].listed = atoi(f[3]);
+            a->kinds[k].has_tx = atoi(f[4]);
         } else if (strcmp(f[0], "conn") == 0 && n >= 5) {
             if (a->n_conns == cap_c) {
                 struct conn *c = grow(a->conns, &cap_c, sizeof *c, 64);
@@ -93,7 +87,7 @@ int parse(char *text, struct answer *a)
                 a->conns = c;
             }
             struct conn *c = &a->conns[a->n_conns++];
-            c->kind = kind_of_word(f[1]);
+            c->kind = kind_of_word(a, f[1]);
             c->state = 1;
             for (int s = 0; s < N_STATES; s++)
                 if (strcmp(f[2], state_words[s]) == 0)
@@ -108,7 +102,7 @@ int parse(char *text, struct answer *a)
                 a->groups = g;
             }
             struct group *g = &a->groups[a->n_groups++];
-            g->kind = kind_of_word(f[1]);
+            g->kind = kind_of_word(a, f[1]);
             g->count = strtoul(f[2], NULL, 10);
             g->failed = atoi(f[3]);
             g->first_ms = atoll(f[4]);
@@ -160,7 +154,7 @@ static void json_tally(const struct tally *t)
            t->oldest_ms);
 }
 
-static void text_tally(const struct tally *t, int kind)
+static void text_tally(const struct tally *t, int has_tx)
 {
     printf("%lu live", t->live);
     if (t->live == 0) {
@@ -168,7 +162,7 @@ static void text_tally(const struct tally *t, int kind)
         return;
     }
     printf(" (in flight %lu, idle %lu", t->by_state[0], t->by_state[1]);
-    if (kind != 1) /* Redis has no transaction state to report */
+    if (has_tx)
         printf(", idle in transaction %lu", t->by_state[2]);
     printf(", failed %lu), oldest %.1f s\n", t->by_state[3], (double)t->oldest_ms / 1000.0);
 }
@@ -223,12 +217,12 @@ void render_json(const struct answer *a, pid_t pid, int stacks)
     else
         printf("null");
     const char **targets = calloc(a->n_conns + 1, sizeof *targets);
-    for (int k = 0; k < N_KINDS; k++) {
+    for (int k = 0; k < a->n_kinds; k++) {
         struct tally t;
         tally_of(a, k, NULL, &t);
-        if (k >= 2 && t.live == 0)
+        if (!a->kinds[k].listed && t.live == 0)
             continue;
-        printf(",\n  \"%s\": {", kind_word(k));
+        printf(",\n  \"%s\": {", a->kinds[k].word);
         json_tally(&t);
         printf(", \"targets\": [");
         size_t nt = targets ? targets_of(a, k, targets) : 0;
@@ -250,7 +244,7 @@ void render_json(const struct answer *a, pid_t pid, int stacks)
             const struct group *g = &a->groups[i];
             iso_time(g->first_ms, when, sizeof when);
             printf("%s\n    {\"kind\": \"%s\", \"count\": %lu, \"failed\": %s, \"target\": ",
-                   i ? "," : "", kind_word(g->kind), g->count, g->failed ? "true" : "false");
+                   i ? "," : "", a->kinds[g->kind].word, g->count, g->failed ? "true" : "false");
             json_str(g->target);
             printf(", \"first_opened_at\": \"%s\", \"stack\": [", when);
             for (int k = 0; k < g->n_frames; k++) {
@@ -289,19 +283,19 @@ void render_text(const struct answer *a, pid_t pid, int stacks)
         printf(" (%ld in its PID namespace)", a->pid);
     printf(", %s\n", a->program ? a->program : "?");
     const char **targets = calloc(a->n_conns + 1, sizeof *targets);
-    for (int k = 0; k < N_KINDS; k++) {
+    for (int k = 0; k < a->n_kinds; k++) {
         struct tally t;
         tally_of(a, k, NULL, &t);
-        if (k >= 2 && t.live == 0)
+        if (!a->kinds[k].listed && t.live == 0)
             continue;
-        printf("%s: ", kind_title(k));
-        text_tally(&t, k);
+        printf("%s: ", a->kinds[k].title);
+        text_tally(&t, a->kinds[k].has_tx);
         size_t nt = targets ? targets_of(a, k, targets) : 0;
         for (size_t i = 0; i < nt; i++) {
             struct tally tt;
             tally_of(a, k, targets[i], &tt);
             printf("  %s: ", targets[i]);
-            text_tally(&tt, k);
+            text_tally(&tt, a->kinds[k].has_tx);
         }
     }
     free(targets);
@@ -311,7 +305,7 @@ void render_text(const struct answer *a, pid_t pid, int stacks)
         printf("\nNo connection is open.\n");
     for (size_t i = 0; i < a->n_groups; i++) {
         const struct group *g = &a->groups[i];
-        printf("\n%lu %s %s to %s, opened at:\n", g->count, kind_title(g->kind),
+        printf("\n%lu %s %s to %s, opened at:\n", g->count, a->kinds[g->kind].title,
                g->failed ? (g->count == 1 ? "failed connect" : "failed connects")
                          : (g->count == 1 ? "connection" : "connections"),
                g->target);

@@ -34,7 +34,18 @@ struct group {
     int n_frames;
 };
 
+/* A kind of connection, as the answer's kind lines describe it. */
+struct kind_info {
+    const char *word;  /* as in JSON: "postgresql" */
+    const char *title; /* as in text: "PostgreSQL" */
+    int listed;        /* shown even when none is open */
+    int has_tx;        /* has a transaction state to report */
+};
+#define MAX_KINDS 16
+
 struct answer {
+    struct kind_info kinds[MAX_KINDS];
+    int n_kinds;
     long pid;
     char *program;
     long long now_ms;
