@@ -12,6 +12,7 @@
 #include "core/process.h"
 #include "observe/report.h"
 #include "runtime/exit_drain.h"
+#include "shutdown/close.h"
 #include "shutdown/drain.h"
 #include "signals/signals.h"
 #include "track/inflight.h"

@@ -19,6 +19,7 @@
 #include "runtime/drain_thread.h"
 #include "runtime/exit_drain.h"
 #include "runtime/program_close.h"
+#include "shutdown/close.h"
 #include "shutdown/drain.h"
 #include "signals/signals.h"
 #include "track/inflight.h"

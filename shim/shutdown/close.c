@@ -14,6 +14,7 @@
 #include "core/clock.h"
 #include "core/process.h"
 #include "core/registry.h"
+#include "shutdown/close.h"
 #include "shutdown/internal.h"
 
 /* Reads and drops whatever the server sent; returns 1 at EOF or error. */

@@ -9,7 +9,8 @@
 #include <time.h>
 
 #include "core/log.h"
-#include "shutdown/drain.h"
+#include "core/registry.h"
+#include "track/kind.h"
 
 enum step {
     STEP_WAITING,        /* not closing yet: the grace is running */

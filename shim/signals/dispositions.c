@@ -18,11 +18,32 @@
 #include "platform/deadline.h"
 #include "platform/safepoint.h"
 #include "signals/internal.h"
-#include "signals/stopdelay.h"
 
 /* glibc's own name for the real sigaction: calling it directly spares every
  * process (a shell, /bin/true) a dlsym at start-up. */
 extern int __sigaction(int sig, const struct sigaction *act, struct sigaction *oldact);
+int managed[NSIG];
+int status_sig;
+/* LC_STATUS_SIGNAL, for `lastcall status PID`: taken over only for requests
+ * that carry our magic; anything else gets the program's disposition. */
+int remote_sig;
+/* Our handler, and whether it must stay in the kernel whatever the program
+ * asks (a drain waiting for a safe point retries through it): given by
+ * signals_install. */
+static void (*our_handler)(int sig, siginfo_t *info, void *uctx);
+static int (*keep_ours)(void);
+
+void dispositions_install(void (*handler)(int, siginfo_t *, void *), int (*keep)(void))
+{
+    our_handler = handler;
+    keep_ours = keep;
+}
+
+int is_managed(int sig)
+{
+    return sig > 0 && sig < NSIG && managed[sig];
+}
+
 /* What the program believes each managed signal's disposition is, held as
  * the kernel would hold it (see normalize()), so that a read-back through
  * sigaction() or signal() gives exactly what it gives without lastcall. */
@@ -136,14 +157,14 @@ int apply(int sig, struct sigaction *kernel_was)
     /* A drain waiting for a safe point keeps our handler: its retry comes as
      * this signal, and a signal that found SIG_DFL has already doomed the
      * process whatever the program now asks. */
-    if (disposition_of(v) == DISP_IGNORE && !lazy_drain_pending()) {
+    if (disposition_of(v) == DISP_IGNORE && !(keep_ours && keep_ours())) {
         struct sigaction ign = *v;
         ign.sa_flags &= ~(int)glibc_added_flags;
         return real_sigaction(sig, &ign, kernel_was);
     }
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
-    sa.sa_sigaction = lc_signal_handler;
+    sa.sa_sigaction = our_handler;
     sa.sa_mask = v->sa_mask;
     int keep = SA_RESTART | SA_ONSTACK | SA_NODEFER;
     sa.sa_flags = SA_SIGINFO | (v->sa_flags & keep);
@@ -174,7 +195,7 @@ void unlock_table(const sigset_t *saved)
  * set behind our back (a raw rt_sigaction). */
 int kernel_is_ours(int sig, const struct sigaction *k, const struct sigaction *virt)
 {
-    if ((k->sa_flags & SA_SIGINFO) && k->sa_sigaction == lc_signal_handler)
+    if ((k->sa_flags & SA_SIGINFO) && k->sa_sigaction == our_handler)
         return 1;
     return !__atomic_load_n(&foreign[sig], __ATOMIC_RELAXED) &&
            disposition_of(k) == DISP_IGNORE && disposition_of(virt) == DISP_IGNORE;
@@ -186,7 +207,7 @@ void resync_with(int sig, const struct sigaction *k)
 {
     if (kernel_is_ours(sig, k, vact(sig))) {
         learn_glibc_additions(k); /* ours, installed through glibc */
-        if ((k->sa_flags & SA_SIGINFO) && k->sa_sigaction == lc_signal_handler)
+        if ((k->sa_flags & SA_SIGINFO) && k->sa_sigaction == our_handler)
             __atomic_store_n(&foreign[sig], 0, __ATOMIC_RELAXED);
         return;
     }

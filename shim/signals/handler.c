@@ -20,16 +20,10 @@
 #include "signals/internal.h"
 #include "signals/stopdelay.h"
 
-/* The layers above, as the composition root gave them (signals_install). */
-const struct signals_sink *signals_sink;
-
-int managed[NSIG];
-int status_sig;
-/* LC_STATUS_SIGNAL, for `lastcall status PID`: taken over only for requests
- * that carry our magic; anything else gets the program's disposition. */
-int remote_sig;
 /* The pid that received a managed signal: a fork child starts afresh. */
 static pid_t shutdown_pid;
+
+static void lc_signal_handler(int sig, siginfo_t *info, void *uctx);
 
 int signals_shutdown_started(void)
 {
@@ -37,15 +31,12 @@ int signals_shutdown_started(void)
     return p != 0 && p == getpid();
 }
 
-int is_managed(int sig)
-{
-    return sig > 0 && sig < NSIG && managed[sig];
-}
 
 LC_STARTUP void signals_install(const sigset_t *set, int status_signal,
                                 const struct signals_sink *to)
 {
     signals_sink = to;
+    dispositions_install(lc_signal_handler, lazy_drain_pending);
     status_sig = status_signal;
     remote_sig = LC_STATUS_SIGNAL;
     if (lc_cfg.stop_delay_ms > 0) {
@@ -73,54 +64,14 @@ LC_STARTUP void signals_install(const sigset_t *set, int status_signal,
     }
 }
 
-void signals_die(int sig)
-{
-    struct sigaction dfl;
-    memset(&dfl, 0, sizeof dfl);
-    dfl.sa_handler = SIG_DFL;
-    real_sigaction(sig, &dfl, NULL);
-    if (getpid() != 1) {
-        sigset_t one;
-        sigemptyset(&one);
-        sigaddset(&one, sig);
-        pthread_sigmask(SIG_UNBLOCK, &one, NULL);
-        raise(sig);
-    }
-    _exit(128 + sig);
-}
 
-/* Leaves the signal pending with the default disposition: it kills the
- * process as soon as the handler returns and unblocks it. */
-void die_on_return(int sig)
-{
-    struct sigaction dfl;
-    memset(&dfl, 0, sizeof dfl);
-    dfl.sa_handler = SIG_DFL;
-    real_sigaction(sig, &dfl, NULL);
-    if (getpid() == 1)
-        _exit(128 + sig); /* the kernel would drop it for init */
-    raise(sig);
-}
 
-void park_until_death(void)
-{
-    /* The program's own code must not run on after a signal that would have
-     * killed it. Further managed signals stay deliverable: a second one ends
-     * the process at once. */
-    sigset_t wait_mask;
-    sigfillset(&wait_mask);
-    for (int s = 1; s < NSIG; s++)
-        if (managed[s] && s != status_sig && s != remote_sig)
-            sigdelset(&wait_mask, s);
-    for (;;)
-        sigsuspend(&wait_mask);
-}
 
 /* Calls the program's handler. errno is not saved around it: without us the
  * interrupted code sees whatever errno the handler left, and so it must here.
  * A handler that longjmps out leaves our frame behind: nothing of ours is
  * pending at this point. */
-void call_program(int sig, const struct sigaction *v, siginfo_t *info, void *uctx)
+static void call_program(int sig, const struct sigaction *v, siginfo_t *info, void *uctx)
 {
     if (v->sa_flags & SA_SIGINFO)
         v->sa_sigaction(sig, info, uctx);
@@ -128,7 +79,7 @@ void call_program(int sig, const struct sigaction *v, siginfo_t *info, void *uct
         v->sa_handler(sig);
 }
 
-void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
+static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
 {
     int saved_errno = errno;
     const siginfo_t *delivered = info; /* the stop delay may swap INFO */
@@ -155,7 +106,7 @@ void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
         return;
     }
     if (lc_cfg.stop_delay_ms > 0 && sig != status_sig && sig != remote_sig &&
-        stop_delay(sig, &info) == DELAY_HELD) {
+        stop_delay(sig, &info, signals_sink->drain_requested) == DELAY_HELD) {
         errno = saved_errno;
         return;
     }

@@ -1,6 +1,6 @@
 /* Shared between the files of signals/ only: the handler (handler.c), the
- * virtual dispositions (dispositions.c), the lazy diversion (lazy.c) and the
- * stop delay (stopdelay.c). */
+ * virtual dispositions (dispositions.c), how the process dies (death.c), the
+ * lazy diversion (lazy.c) and the stop delay (stopdelay.c). */
 #ifndef LC_SIGNALS_INTERNAL_H
 #define LC_SIGNALS_INTERNAL_H
 
@@ -8,23 +8,21 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-/* ---- handler.c ---- */
-/* The layers above, as the composition root gave them (signals_install). */
-extern const struct signals_sink *signals_sink;
-extern int managed[NSIG];
-extern int status_sig;
-/* LC_STATUS_SIGNAL, for `lastcall status PID`: taken over only for requests
- * that carry our magic; anything else gets the program's disposition. */
-extern int remote_sig;
-void lc_signal_handler(int sig, siginfo_t *info, void *uctx);
-int is_managed(int sig);
-/* Leaves the signal pending with the default disposition: it kills the
- * process as soon as the handler returns and unblocks it. */
-void die_on_return(int sig);
-void park_until_death(void);
-void call_program(int sig, const struct sigaction *v, siginfo_t *info, void *uctx);
+/* The files, from the bottom: stopdelay.c, dispositions.c, death.c,
+ * lazy.c, handler.c; each uses only those before it. */
 
 /* ---- dispositions.c ---- */
+/* The managed signals, the status signal (LASTCALL_STATUS_SIGNAL, 0: none),
+ * and LC_STATUS_SIGNAL, for `lastcall status PID`: taken over only for
+ * requests that carry our magic; anything else gets the program's
+ * disposition. */
+extern int managed[NSIG];
+extern int status_sig;
+extern int remote_sig;
+int is_managed(int sig);
+/* HANDLER is ours; KEEP says whether it must stay in the kernel whatever
+ * the program asks. */
+void dispositions_install(void (*handler)(int, siginfo_t *, void *), int (*keep)(void));
 int real_sigaction(int sig, const struct sigaction *act, struct sigaction *old);
 /* The program's view of SIG: its virtual table entry. */
 struct sigaction *vact(int sig);
@@ -50,7 +48,17 @@ static inline enum disposition disposition_of(const struct sigaction *a)
     return DISP_FUNCTION;
 }
 
+/* ---- death.c ---- */
+/* Leaves the signal pending with the default disposition: it kills the
+ * process as soon as the handler returns and unblocks it. */
+void die_on_return(int sig);
+/* The program's own code must not run on after a signal that would have
+ * killed it: waits for the end, a further managed signal deliverable. */
+void park_until_death(void);
+
 /* ---- lazy.c ---- */
+/* The layers above, as the composition root gave them (signals_install). */
+extern const struct signals_sink *signals_sink;
 /* A signal drain in a process that has no drain thread yet (safepoint.h):
  * the signal waits for a safe point to start it. */
 extern int lazy_sig;
@@ -64,10 +72,11 @@ void lazy_try(int sig, void *uctx, const siginfo_t *delivered);
 void park_or_retry(int sig, const void *uctx, const siginfo_t *info);
 
 /* ---- stopdelay.c ---- */
+/* DRAIN_REQUESTED: is a drain under way (the sink's). */
 enum delay_verdict { DELAY_GO_ON, DELAY_HELD };
 /* Decides what the stop delay does with SIG. On DELAY_GO_ON *INFO may have
  * been replaced by the held signal's own siginfo. */
-enum delay_verdict stop_delay(int sig, siginfo_t **info);
+enum delay_verdict stop_delay(int sig, siginfo_t **info, int (*drain_requested)(void));
 void signals_atfork_child(void);
 
 #endif

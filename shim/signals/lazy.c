@@ -18,7 +18,9 @@
 #include "platform/deadline.h"
 #include "platform/safepoint.h"
 #include "signals/internal.h"
-#include "signals/stopdelay.h"
+
+/* The layers above, as the composition root gave them (signals_install). */
+const struct signals_sink *signals_sink;
 
 int lazy_sig;
 int64_t lazy_start_ms;

@@ -234,7 +234,7 @@ void signals_atfork_child(void)
     stopdelay_atfork_child();
 }
 
-enum delay_verdict stop_delay(int sig, siginfo_t **info)
+enum delay_verdict stop_delay(int sig, siginfo_t **info, int (*drain_requested)(void))
 {
     if (stopdelay_is_timer(*info)) {
         int holding = DELAY_HOLDING;
@@ -242,7 +242,7 @@ enum delay_verdict stop_delay(int sig, siginfo_t **info)
             !__atomic_compare_exchange_n(&delay_state, &holding, DELAY_OVER, 0, __ATOMIC_ACQ_REL,
                                          __ATOMIC_ACQUIRE))
             return DELAY_HELD; /* an expiry queued before a second signal cut the hold */
-        if (signals_sink->drain_requested()) {
+        if (drain_requested()) {
             /* The program called exit() during the delay and its exit drain
              * is under way: the held signal would only cut that short. */
             stopdelay_log(STOPDELAY_DROPPED, sig, lc_now_ms() - delay_start_ms);

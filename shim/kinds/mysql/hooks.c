@@ -36,17 +36,6 @@ static void my_describe(char *out, size_t size, const char *host, unsigned port,
         snprintf(out, size, "%s:%u/%s", host, port ? port : 3306u, dbname);
 }
 
-int my_socket_of(MYSQL *m)
-{
-    if (MY(mysql_get_socket))
-        return MY(mysql_get_socket)(m);
-    /* libmysqlclient has no accessor: NET comes first in MYSQL, its fd after
-     * five pointers (both libraries' layout). Checked against the socket seen
-     * at connect time before it is used (my_socket_fd). */
-    int fd;
-    memcpy(&fd, (const char *)m + 40, sizeof fd);
-    return fd;
-}
 
 /* Is this thread inside a call on a MySQL connection? The library then
  * reconnects by itself (MYSQL_OPT_RECONNECT): it connects a MYSQL of its own

@@ -153,9 +153,8 @@ struct my_conn *conn_get_locked(MYSQL *m);
 void link_add(struct my_link **table, int *count, void *key, MYSQL *m);
 MYSQL *link_find(struct my_link **table, void *key);
 void link_del_locked(struct my_link **table, int *count, void *key);
-
-/* ---- hooks.c ---- */
-/* M's socket: libmariadb's accessor, or what the connect path saw. */
+/* M's socket: libmariadb's accessor, or libmysqlclient's NET fd (checked
+ * against the socket seen at connect time before it is used). */
 int my_socket_of(MYSQL *m);
 
 #endif

@@ -211,3 +211,14 @@ void my_new_command(MYSQL *m)
     pthread_mutex_unlock(&my_lock);
 }
 
+int my_socket_of(MYSQL *m)
+{
+    if (MY(mysql_get_socket))
+        return MY(mysql_get_socket)(m);
+    /* libmysqlclient has no accessor: NET comes first in MYSQL, its fd after
+     * five pointers (both libraries' layout). Checked against the socket seen
+     * at connect time before it is used (my_socket_fd). */
+    int fd;
+    memcpy(&fd, (const char *)m + 40, sizeof fd);
+    return fd;
+}

@@ -25,6 +25,20 @@
 #include "kinds/pq/pq.h"
 
 
+/* The caches of the real functions (pq.h). */
+static const char *const pq_real_names[] = {PQ_REALS(LC_REALS_NAME)};
+void *pq_real_cache[pqr_count];
+struct lc_reals pq_reals = {LC_LIB_PQ, pqr_count, pq_real_names, pq_real_cache, 0};
+static const char *const ssl_real_names[] = {"SSL_write"};
+void *ssl_real_cache[1];
+struct lc_reals ssl_reals = {LC_LIB_SSL, 1, ssl_real_names, ssl_real_cache, 0};
+
+void pq_free_cancel(void *cancel)
+{
+    if (cancel && PQ(PQfreeCancel))
+        PQ(PQfreeCancel)((PGcancel *)cancel);
+}
+
 /* ---- drain operations ---- */
 
 static int pq_socket_fd(struct lc_entry *e)

@@ -24,13 +24,6 @@
 #include "platform/symbols.h"
 #include "kinds/pq/pq.h"
 
-static const char *const pq_real_names[] = {PQ_REALS(LC_REALS_NAME)};
-void *pq_real_cache[pqr_count];
-struct lc_reals pq_reals = {LC_LIB_PQ, pqr_count, pq_real_names, pq_real_cache, 0};
-static const char *const ssl_real_names[] = {"SSL_write"};
-void *ssl_real_cache[1];
-struct lc_reals ssl_reals = {LC_LIB_SSL, 1, ssl_real_names, ssl_real_cache, 0};
-
 
 /* Before anything of CONN's is registered: no drain can see it yet. */
 static void pq_resolve(PGconn *conn)
@@ -57,12 +50,6 @@ static PGcancel *pq_prepare_cancel(PGconn *conn)
     if (PQ(PQstatus) == NULL || PQ(PQstatus)(conn) != CONNECTION_OK || PQ(PQgetCancel) == NULL)
         return NULL;
     return PQ(PQgetCancel)(conn);
-}
-
-void pq_free_cancel(void *cancel)
-{
-    if (cancel && PQ(PQfreeCancel))
-        PQ(PQfreeCancel)((PGcancel *)cancel);
 }
 
 static void pq_track(PGconn *conn)
