@@ -13,7 +13,9 @@
 #include <string.h>
 #include <sys/auxv.h>
 #include <time.h>
+#ifdef __GLIBC__
 #include <sys/single_threaded.h>
+#endif
 #include <unistd.h>
 
 #include "platform/deadline.h"
@@ -318,6 +320,9 @@ static void start_drain_thread(void)
 }
 
 static void exit_drain(int status, void *unused);
+#ifndef __GLIBC__
+static void exit_drain_no_status(void);
+#endif
 
 /* Whether the drain thread can wait until a drain needs it. A thread makes
  * glibc's malloc take locks and atomics on every call from then on (+132

@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <time.h>
 
+#include "libc_compat.h"
+
 #define LC_EXPORT __attribute__((visibility("default")))
 /* Code every process runs while it starts (our constructor's path), kept
  * together with the constructor in .text.startup: the kernel maps a

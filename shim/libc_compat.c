@@ -1,0 +1,144 @@
+/* Stand-ins for the glibc functions the shim uses, for other C libraries
+ * (musl). See libc_compat.h. Built only there: with glibc this file is
+ * empty. */
+#define _GNU_SOURCE
+#include "lc.h"
+
+#ifndef __GLIBC__
+
+#include <link.h>
+#include <pthread.h>
+#include <stdint.h>
+
+#include "reach.h"
+
+/* ---- sigaction ---- */
+
+typedef int (*sigaction_fn)(int, const struct sigaction *, struct sigaction *);
+static sigaction_fn libc_sigaction;
+
+/* dlsym(RTLD_NEXT) from inside lastcall: libc's, past our own export. The
+ * first call is signals_install's, from our constructor, before any handler
+ * of ours exists; later calls (also from handlers) only read the pointer. */
+int lc_libc_sigaction(int sig, const struct sigaction *act, struct sigaction *oldact)
+{
+    sigaction_fn f = __atomic_load_n(&libc_sigaction, __ATOMIC_ACQUIRE);
+    if (f == NULL) {
+        f = (sigaction_fn)reach_real_dlsym(RTLD_NEXT, "sigaction");
+        if (f == NULL)
+            return -1;
+        __atomic_store_n(&libc_sigaction, f, __ATOMIC_RELEASE);
+    }
+    return f(sig, act, oldact);
+}
+
+/* ---- fork handlers ---- */
+
+int lc_register_atfork(void (*prepare)(void), void (*parent)(void), void (*child)(void),
+                       void *dso_handle)
+{
+    (void)dso_handle;
+    return pthread_atfork(prepare, parent, child);
+}
+
+/* ---- dladdr1 ---- */
+
+struct find_object {
+    uintptr_t addr;
+    int index;
+    int found;
+    struct link_map map;
+};
+
+static int find_object_cb(struct dl_phdr_info *info, size_t size, void *data)
+{
+    (void)size;
+    struct find_object *f = data;
+    int index = f->index++;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_LOAD)
+            continue;
+        uintptr_t start = info->dlpi_addr + ph->p_vaddr;
+        if (f->addr < start || f->addr >= start + ph->p_memsz)
+            continue;
+        f->map.l_addr = info->dlpi_addr;
+        /* The first object listed is the program: glibc names it "". */
+        f->map.l_name = (char *)(index == 0 || info->dlpi_name == NULL ? "" : info->dlpi_name);
+        f->map.l_ld = NULL;
+        for (int j = 0; j < info->dlpi_phnum; j++)
+            if (info->dlpi_phdr[j].p_type == PT_DYNAMIC)
+                f->map.l_ld = (ElfW(Dyn) *)(info->dlpi_addr + info->dlpi_phdr[j].p_vaddr);
+        f->map.l_next = f->map.l_prev = NULL;
+        f->found = 1;
+        return 1;
+    }
+    return 0;
+}
+
+static __thread struct link_map found_map;
+
+int lc_dladdr1(const void *addr, Dl_info *info, void **extra, int flags)
+{
+    int ok = dladdr(addr, info);
+    if (flags != RTLD_DL_LINKMAP || extra == NULL)
+        return ok;
+    struct find_object f = {.addr = (uintptr_t)addr};
+    dl_iterate_phdr(find_object_cb, &f);
+    if (!f.found) {
+        *extra = NULL;
+        return 0;
+    }
+    found_map = f.map;
+    *extra = &found_map;
+    return 1;
+}
+
+/* ---- backtrace ---- */
+
+/* Walks the saved frame pointers from our own frame: each frame holds the
+ * caller's frame pointer, then the return address. A frame of code built
+ * without frame pointers ends the walk early or adds a stray address; every
+ * address read is checked to lie inside this thread's stack first. */
+__attribute__((noinline)) int lc_backtrace(void **buffer, int size)
+{
+    uintptr_t fp = (uintptr_t)__builtin_frame_address(0);
+    uintptr_t lo = fp, hi = 0;
+    pthread_attr_t attr;
+    if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+        void *stack_lo;
+        size_t stack_size;
+        if (pthread_attr_getstack(&attr, &stack_lo, &stack_size) == 0)
+            hi = (uintptr_t)stack_lo + stack_size;
+        pthread_attr_destroy(&attr);
+    }
+    int n = 0;
+    while (n < size && fp >= lo && fp + 2 * sizeof(void *) <= hi &&
+           (fp & (sizeof(void *) - 1)) == 0) {
+        const uintptr_t *frame = (const uintptr_t *)fp;
+        if (frame[1] == 0)
+            break;
+        buffer[n++] = (void *)frame[1];
+        if (frame[0] <= fp)
+            break;
+        fp = frame[0];
+    }
+    return n;
+}
+
+/* ---- dlvsym, dlmopen ---- */
+
+void *lc_compat_dlvsym(void *handle, const char *name, const char *version)
+{
+    (void)version;
+    return reach_real_dlsym(handle, name);
+}
+
+void *lc_compat_dlmopen(Lmid_t lmid, const char *file, int mode)
+{
+    if (lmid != LM_ID_BASE)
+        return NULL;
+    return reach_real_dlopen(file, mode);
+}
+
+#endif /* !__GLIBC__ */
