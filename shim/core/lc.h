@@ -6,7 +6,7 @@
 #include <stdint.h>
 #include <time.h>
 
-#include "libc_compat.h"
+#include "core/libc_compat.h"
 
 #define LC_EXPORT __attribute__((visibility("default")))
 /* Code every process runs while it starts (our constructor's path), kept

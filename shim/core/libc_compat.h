@@ -1,7 +1,8 @@
 /* What the shim takes from glibc that other C libraries (musl) lack, and
  * what stands in for it there. Included by lc.h, so by every file of the
  * library; with glibc it adds only the headers the glibc-only code needs.
- * The stand-ins are in libc_compat.c, built only for other C libraries.
+ * The stand-ins are in core/libc_compat.c and platform/libc_compat_dl.c
+ * (those that call libc through reach.c), built only for other C libraries.
  *
  * musl (Alpine): no gnu/libc-version.h, sys/single_threaded.h, execinfo.h,
  * dlvsym, dlmopen, dladdr1, __register_atfork, an exported __sigaction,
