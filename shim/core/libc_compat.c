@@ -3,7 +3,7 @@
  * that need the loader's real functions are in platform/libc_compat_dl.c.
  * Built only there: with glibc this file is empty. */
 #define _GNU_SOURCE
-#include "core/lc.h"
+#include "core/libc_compat.h"
 
 #ifndef __GLIBC__
 

@@ -3,7 +3,7 @@
  * pointers to libc's dlsym and dlopen. See core/libc_compat.h. Built only
  * there: with glibc this file is empty. */
 #define _GNU_SOURCE
-#include "core/lc.h"
+#include "core/libc_compat.h"
 
 #ifndef __GLIBC__
 
