@@ -1,5 +1,5 @@
 /* Stand-ins for the glibc functions the shim uses, for other C libraries
- * (musl): fork handlers, dladdr1, backtrace. See libc_compat.h; the ones
+ * (musl): dladdr1, backtrace. See libc_compat.h; the ones
  * that need the loader's real functions are in platform/libc_compat_dl.c.
  * Built only there: with glibc this file is empty. */
 #define _GNU_SOURCE
@@ -10,15 +10,6 @@
 #include <link.h>
 #include <pthread.h>
 #include <stdint.h>
-
-/* ---- fork handlers ---- */
-
-int lc_register_atfork(void (*prepare)(void), void (*parent)(void), void (*child)(void),
-                       void *dso_handle)
-{
-    (void)dso_handle;
-    return pthread_atfork(prepare, parent, child);
-}
 
 /* ---- dladdr1 ---- */
 

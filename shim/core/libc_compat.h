@@ -1,11 +1,11 @@
 /* What the shim takes from glibc that other C libraries (musl) lack, and
- * what stands in for it there. Included by lc.h, so by every file of the
- * library; with glibc it adds only the headers the glibc-only code needs.
+ * what stands in for it there, for the files that use it (platform/libc.h
+ * has lc_register_atfork). With glibc it adds only the headers it needs.
  * The stand-ins are in core/libc_compat.c and platform/libc_compat_dl.c
  * (those that call libc through reach.c), built only for other C libraries.
  *
  * musl (Alpine): no gnu/libc-version.h, sys/single_threaded.h, execinfo.h,
- * dlvsym, dlmopen, dladdr1, __register_atfork, an exported __sigaction,
+ * dlvsym, dlmopen, dladdr1, an exported __sigaction,
  * SA_INTERRUPT. What cannot exist there degrades (shim/DESIGN.md, "Other C
  * libraries"): the drain thread starts at the first connect (no
  * __libc_single_threaded, no safe-point diversion), stacks come from a
@@ -39,11 +39,6 @@ typedef long Lmid_t;
  * libc's sigaction, looked up past lastcall once (at signals_install). */
 int lc_libc_sigaction(int sig, const struct sigaction *act, struct sigaction *oldact);
 #define __sigaction lc_libc_sigaction
-
-/* pthread_atfork is libc's own function in musl (no libc_nonshared.a). */
-int lc_register_atfork(void (*prepare)(void), void (*parent)(void), void (*child)(void),
-                       void *dso_handle);
-#define __register_atfork lc_register_atfork
 
 /* No __libc_single_threaded: take every process as threaded (the drain
  * thread starts at the first connect, as on every platform without it). */

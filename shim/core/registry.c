@@ -1,13 +1,14 @@
 #define _GNU_SOURCE
 #include "core/registry.h"
 
-#include "core/stacks.h"
-
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include "core/clock.h"
+#include "core/stacks.h"
 
 /* uthash allocates through these; keep them plain. */
 #define uthash_fatal(msg) abort()

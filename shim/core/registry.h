@@ -8,7 +8,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "core/lc.h"
+#include "core/kind_id.h"
 
 struct lc_stack;
 

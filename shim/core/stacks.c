@@ -1,10 +1,13 @@
 #define _GNU_SOURCE
 #include "core/stacks.h"
+#include "core/libc_compat.h"
 
 #include <dlfcn.h>
 #include <errno.h>
 #ifdef __GLIBC__
+#ifdef __GLIBC__
 #include <execinfo.h>
+#endif
 #endif
 #include <fcntl.h>
 #include <link.h>
@@ -17,7 +20,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "core/lc.h"
+#include "core/clock.h"
 
 /* Frames of our own hooks, skipped before max_depth counts. */
 #define LC_STACK_SLACK 8

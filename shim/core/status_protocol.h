@@ -57,16 +57,6 @@ static inline uint32_t status_token_nonce(uint64_t token)
  *   end */
 #define LC_STATUS_VERSION_LINE "lastcall-status 1"
 
-/* In the library: is INFO a status request? Async-signal-safe. */
-int status_is_request(int sig, const siginfo_t *info);
-/* In the library, from the handler: hands the request to the drain thread,
- * or answers at once when this process has none. Async-signal-safe. */
-void status_on_request(const siginfo_t *info);
-/* The short answer (pid, program, no snapshot), from a signal handler when
- * there is no drain thread to make the snapshot. Async-signal-safe. */
-void status_answer_inline(uint64_t token);
-/* In the library, on the drain thread: takes the snapshot and answers. */
-void status_answer(uint64_t token);
 
 /* In the launcher: `lastcall status ...` (ARGV[0] is "status"). */
 int status_main(int argc, char **argv);

@@ -14,13 +14,13 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "shutdown/drain.h"
 #include "track/inflight.h"
 #include "track/kind.h"
-#include "core/lc.h"
+#include "core/compiler.h"
+#include "core/kind_id.h"
 #include "core/log.h"
 #include "core/registry.h"
-#include "runtime.h"
+#include "core/process.h"
 #include "platform/symbols.h"
 #include "kinds/mysql_conn.h"
 
@@ -428,7 +428,7 @@ void my_connect_end(MYSQL *m, int failed)
     else
         lc_track_connect(LC_KIND_MYSQL, m, 0, failed, fd, target, c, ssl);
     if (LC_UNLIKELY(__atomic_load_n(&lc_gate_closed, __ATOMIC_ACQUIRE)))
-        drain_close_late(m);
+        lc_up.close_late(m);
 }
 
 static int real_close(void *m)
@@ -452,7 +452,7 @@ int my_close(MYSQL *m, int (*do_free)(void *))
 {
     struct lc_entry info;
     int tracked;
-    int r = runtime_free_tracked(m, do_free, &info, &tracked);
+    int r = lc_up.free_tracked(m, do_free, &info, &tracked);
     pthread_mutex_lock(&my_lock);
     struct my_conn *c = conn_find_locked(m);
     if (c) {

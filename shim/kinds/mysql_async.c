@@ -16,11 +16,10 @@
 #include <errno.h>
 #include <stddef.h>
 
-#include "shutdown/drain.h"
 #include "track/inflight.h"
-#include "core/lc.h"
+#include "core/compiler.h"
 #include "kinds/mysql_conn.h"
-#include "runtime.h"
+#include "core/process.h"
 #include "platform/symbols.h"
 
 int mysql_real_connect_start(MYSQL **ret, MYSQL *mysql, const char *host, const char *user,

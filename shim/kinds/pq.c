@@ -12,13 +12,15 @@
 
 #include <libpq-fe.h>
 
-#include "shutdown/drain.h"
+#include "track/watchdog.h"
 #include "track/inflight.h"
 #include "track/kind.h"
-#include "core/lc.h"
+#include "core/compiler.h"
+#include "core/clock.h"
+#include "core/kind_id.h"
 #include "core/log.h"
 #include "core/registry.h"
-#include "runtime.h"
+#include "core/process.h"
 #include "platform/symbols.h"
 
 /* libpq 17's calls, declared for older headers: their hooks answer as a
@@ -118,7 +120,7 @@ static void pq_refresh(PGconn *conn)
     registry_update(conn, failed, fd, pq_prepare_cancel(conn), &old);
     pq_free_cancel(old);
     if (!failed && PQ(PQsslInUse))
-        runtime_on_connect(PQ(PQsslInUse)(conn));
+        lc_up.on_connect(PQ(PQsslInUse)(conn));
 }
 
 /* While draining: in an exit drain a new connection fails as a bad conninfo
@@ -222,7 +224,7 @@ LC_EXPORT void PQfinish(PGconn *conn)
     }
     struct lc_entry info;
     int tracked;
-    runtime_free_tracked(conn, real_pqfinish, &info, &tracked);
+    lc_up.free_tracked(conn, real_pqfinish, &info, &tracked);
     if (tracked)
         pq_free_cancel(info.cancel);
 }

@@ -14,13 +14,13 @@
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
-#include "shutdown/drain.h"
 #include "track/inflight.h"
 #include "track/kind.h"
-#include "core/lc.h"
+#include "core/compiler.h"
+#include "core/kind_id.h"
 #include "core/log.h"
 #include "core/registry.h"
-#include "runtime.h"
+#include "core/process.h"
 #include "platform/symbols.h"
 
 /* hiredis 1.x's timer call, declared for 0.14's headers (the hook answers as
@@ -243,7 +243,7 @@ int redisInitiateSSLWithContext(redisContext *c, void *redis_ssl_ctx);
             return REDIS_ERR;                                                                  \
         int r = real(c, arg);                                                                  \
         if (r == REDIS_OK && lc_depth == 0 && lc_active())                                     \
-            runtime_on_connect(1);                                                             \
+            lc_up.on_connect(1);                                                             \
         return r;                                                                              \
     }
 
@@ -298,7 +298,7 @@ static int redis_free_tracked(void *ctx, int (*do_free)(void *))
         return do_free(ctx);
     struct lc_entry info;
     int tracked;
-    return runtime_free_tracked(ctx, do_free, &info, &tracked);
+    return lc_up.free_tracked(ctx, do_free, &info, &tracked);
 }
 
 LC_EXPORT void redisFree(redisContext *c)

@@ -10,11 +10,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "shutdown/drain.h"
 #include "track/inflight.h"
-#include "core/lc.h"
+#include "track/kind.h"
+#include "core/clock.h"
+#include "core/kind_id.h"
 #include "core/log.h"
-#include "runtime.h"
+#include "core/process.h"
 #include "core/stacks.h"
 
 static const char *kind_name(int kind)

@@ -1,6 +1,7 @@
 /* The library's side of `lastcall status PID` (see status.h): recognise the
  * request in the signal handler, answer from the drain thread. */
 #define _GNU_SOURCE
+#include "observe/status_target.h"
 #include "core/status_protocol.h"
 
 #include <errno.h>
@@ -16,13 +17,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "track/helper_thread.h"
+#include "track/threads.h"
 #include "core/asfmt.h"
-#include "shutdown/drain.h"
 #include "track/inflight.h"
-#include "core/lc.h"
+#include "track/kind.h"
+#include "core/clock.h"
 #include "core/registry.h"
-#include "runtime.h"
+#include "core/process.h"
 #include "core/stacks.h"
 
 int status_is_request(int sig, const siginfo_t *info)
@@ -110,13 +111,6 @@ void status_answer_inline(uint64_t token)
     asfmt_str(&l, "end\n");
     send_all(fd, l.b, l.n);
     close(fd);
-}
-
-void status_on_request(const siginfo_t *info)
-{
-    uint64_t token = (uint64_t)(uintptr_t)info->si_value.sival_ptr;
-    if (runtime_request_remote_status(token) != 0)
-        status_answer_inline(token);
 }
 
 /* ---- the snapshot, on the drain thread ---- */

@@ -1,6 +1,8 @@
 #define _GNU_SOURCE
 #include "platform/deadline.h"
 
+#include "core/process.h"
+
 #include <string.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -109,4 +111,10 @@ int deadline_is_expiry(const siginfo_t *info, struct lc_deadline_end *end)
         return 0;
     *end = ending;
     return 1;
+}
+
+int64_t deadline_budget_ms(void)
+{
+    return lc_cfg.deadline_ms + LC_DEADLINE_MARGIN_MS +
+           (lc_cfg.report_path ? LC_REPORT_ALLOWANCE_MS : 0);
 }

@@ -40,5 +40,11 @@ int deadline_is_expiry(const siginfo_t *info, struct lc_deadline_end *end);
 /* The margin past the deadline: the drain's own end (summary line, report,
  * death) fits well inside it. */
 #define LC_DEADLINE_MARGIN_MS 40
+/* Writing the leak report (symbolizing stacks with addr2line, bounded per
+ * module) may take this much on top of the deadline. */
+#define LC_REPORT_ALLOWANCE_MS 5000
+/* From a drain's start to the kernel's end of the process: LASTCALL_DEADLINE,
+ * the margin, and the report's allowance when there is a report. */
+int64_t deadline_budget_ms(void);
 
 #endif

@@ -31,9 +31,10 @@
 #include <time.h>
 
 #include "platform/got.h"
-#include "core/lc.h"
+#include "platform/libc.h"
+#include "core/libc_compat.h"
 #include "core/log.h"
-#include "runtime.h"
+#include "core/process.h"
 #include "platform/symbols.h"
 
 typedef void *(*dlsym_fn)(void *, const char *);
@@ -856,6 +857,6 @@ __asm__(".text\n"
  * than pthread_atfork: lc.h says why. */
 __attribute__((constructor)) static void reach_constructor(void)
 {
-    __register_atfork(state_prepare, state_release, state_release, __dso_handle);
-    __register_atfork(NULL, NULL, loads_atfork_child, __dso_handle);
+    lc_register_atfork(state_prepare, state_release, state_release);
+    lc_register_atfork(NULL, NULL, loads_atfork_child);
 }

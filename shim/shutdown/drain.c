@@ -17,12 +17,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "track/helper_thread.h"
+#include "core/clock.h"
+#include "track/threads.h"
 #include "track/inflight.h"
 #include "core/log.h"
-#include "runtime.h"
-
-__thread int lc_free_keeps_fd __attribute__((tls_model("initial-exec")));
+#include "core/process.h"
 
 enum step {
     STEP_WAITING,        /* not closing yet: the grace is running */
@@ -254,125 +253,6 @@ static int cancels_wait(struct cancel_job *job, int64_t until_ms)
     return 1;
 }
 
-/* ---- the watchdog: bounds libpq calls that may block ---- */
-
-#define BOUNDED_SLOTS 32
-static struct {
-    int fd;            /* -1: free */
-    int fired;
-    int64_t until_ms;
-} bounded[BOUNDED_SLOTS];
-static pthread_mutex_t bounded_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t bounded_cond;
-static pid_t bounded_pid; /* the process whose watchdog thread runs */
-
-static void *watchdog_main(void *arg)
-{
-    (void)arg;
-    pthread_mutex_lock(&bounded_lock);
-    for (;;) {
-        int64_t now = lc_now_ms(), next = -1;
-        for (int i = 0; i < BOUNDED_SLOTS; i++) {
-            if (bounded[i].fd < 0 || bounded[i].fired)
-                continue;
-            if (bounded[i].until_ms <= now) {
-                shutdown(bounded[i].fd, SHUT_RDWR);
-                bounded[i].fired = 1;
-            } else if (next < 0 || bounded[i].until_ms < next) {
-                next = bounded[i].until_ms;
-            }
-        }
-        if (next < 0) {
-            pthread_cond_wait(&bounded_cond, &bounded_lock);
-        } else {
-            struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            int64_t left = next - now;
-            ts.tv_sec += left / 1000;
-            ts.tv_nsec += (long)(left % 1000) * 1000000;
-            if (ts.tv_nsec >= 1000000000) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000;
-            }
-            pthread_cond_timedwait(&bounded_cond, &bounded_lock, &ts);
-        }
-    }
-    return NULL;
-}
-
-static void bounded_atfork_prepare(void)
-{
-    pthread_mutex_lock(&bounded_lock);
-}
-
-static void bounded_atfork_parent(void)
-{
-    pthread_mutex_unlock(&bounded_lock);
-}
-
-/* The forking thread took the lock in the prepare handler: it unlocks it,
- * as every other fork handler does (re-initialising a mutex that is held is
- * undefined, and ThreadSanitizer flags it). */
-static void bounded_atfork_child(void)
-{
-    pthread_mutex_unlock(&bounded_lock);
-}
-
-/* Called with bounded_lock held. A fork child has no watchdog thread (and
- * only the forking thread): it starts its own. */
-static int watchdog_ready(void)
-{
-    pid_t self = getpid();
-    if (bounded_pid == self)
-        return 1;
-    static int atfork_done;
-    if (!atfork_done) {
-        atfork_done = 1;
-        pthread_atfork(bounded_atfork_prepare, bounded_atfork_parent, bounded_atfork_child);
-    }
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&bounded_cond, &ca);
-    pthread_condattr_destroy(&ca);
-    for (int i = 0; i < BOUNDED_SLOTS; i++)
-        bounded[i].fd = -1;
-    int ok = lc_helper_thread(watchdog_main, NULL, 64 * 1024) == 0;
-    if (ok)
-        bounded_pid = self;
-    return ok;
-}
-
-int bounded_begin(int fd, int64_t until_ms)
-{
-    if (fd < 0 || lc_now_ms() >= until_ms)
-        return -1;
-    int slot = -1;
-    pthread_mutex_lock(&bounded_lock);
-    if (watchdog_ready()) {
-        for (int i = 0; i < BOUNDED_SLOTS && slot < 0; i++)
-            if (bounded[i].fd < 0)
-                slot = i;
-        if (slot >= 0) {
-            bounded[slot].fd = fd;
-            bounded[slot].fired = 0;
-            bounded[slot].until_ms = until_ms;
-            pthread_cond_signal(&bounded_cond);
-        }
-    }
-    pthread_mutex_unlock(&bounded_lock);
-    return slot;
-}
-
-int bounded_end(int slot)
-{
-    pthread_mutex_lock(&bounded_lock);
-    int fired = bounded[slot].fired;
-    bounded[slot].fd = -1;
-    pthread_mutex_unlock(&bounded_lock);
-    return fired;
-}
-
 /* Reads and drops whatever the server sent; returns 1 at EOF or error. */
 static int discard_input(int fd)
 {
@@ -551,7 +431,7 @@ static void close_loop(struct work *works, size_t n, int64_t flush_until, int64_
 
 /* Has this process a child still alive (any thread's)? Such a child may hold
  * a copy of a socket that is not close-on-exec (posix_spawn, system and popen
- * run no fork handler, so runtime_has_forked cannot know of it). */
+ * run no fork handler, so process_has_forked cannot know of it). */
 static int has_live_child(void)
 {
     DIR *tasks = opendir("/proc/self/task");
@@ -819,7 +699,7 @@ void drain_run(int mode, int64_t start_ms, struct lc_drain_result *result)
      * we must then wait for the server to take what we sent), or, in a
      * signal drain, is left to the kernel's close if it has nothing to say. */
     size_t to_kernel = 0;
-    const int kernel_may_close = mode == LC_GATE_SIGNAL && !runtime_has_forked();
+    const int kernel_may_close = mode == LC_GATE_SIGNAL && !process_has_forked();
     const int live_child = kernel_may_close && has_live_child();
     for (size_t i = 0; i < n; i++) {
         struct work *w = &works[i];

@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include "signals/signals.h"
+#include "core/libc_compat.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -8,13 +9,16 @@
 #include <unistd.h>
 
 #include "platform/deadline.h"
-#include "track/inflight.h"
-#include "core/lc.h"
+#include "core/compiler.h"
+#include "core/clock.h"
 #include "core/registry.h"
-#include "runtime.h"
+#include "core/process.h"
 #include "platform/safepoint.h"
 #include "core/status_protocol.h"
 #include "signals/stopdelay.h"
+
+/* The layers above, as the composition root gave them (signals_install). */
+static const struct signals_sink *sink;
 
 /* glibc's own name for the real sigaction: calling it directly spares every
  * process (a shell, /bin/true) a dlsym at start-up. */
@@ -282,8 +286,10 @@ static void signals_atfork_child(void)
     stopdelay_atfork_child();
 }
 
-LC_STARTUP void signals_install(const sigset_t *set, int status_signal)
+LC_STARTUP void signals_install(const sigset_t *set, int status_signal,
+                                const struct signals_sink *to)
 {
+    sink = to;
     status_sig = status_signal;
     remote_sig = LC_STATUS_SIGNAL;
     if (lc_cfg.stop_delay_ms > 0) {
@@ -378,7 +384,7 @@ static enum delay_verdict stop_delay(int sig, siginfo_t **info)
             !__atomic_compare_exchange_n(&delay_state, &holding, DELAY_OVER, 0, __ATOMIC_ACQ_REL,
                                          __ATOMIC_ACQUIRE))
             return DELAY_HELD; /* an expiry queued before a second signal cut the hold */
-        if (runtime_drain_requested()) {
+        if (sink->drain_requested()) {
             /* The program called exit() during the delay and its exit drain
              * is under way: the held signal would only cut that short. */
             stopdelay_log(STOPDELAY_DROPPED, sig, lc_now_ms() - delay_start_ms);
@@ -422,7 +428,7 @@ static void lazy_status_answer_short(void)
 {
     uint64_t token = __atomic_exchange_n(&lazy_token, 0, __ATOMIC_ACQ_REL);
     if (token)
-        status_answer_inline(token);
+        sink->answer_status_inline(token);
 }
 
 /* Runs on the interrupted thread once the handler has returned, outside
@@ -439,13 +445,13 @@ static void lazy_landing(void)
         sigaddset(&one, __atomic_load_n(&lazy_sig, __ATOMIC_ACQUIRE));
         pthread_sigmask(SIG_UNBLOCK, &one, NULL);
     }
-    int ok = runtime_start_drain_thread() == 0;
+    int ok = sink->start_drain_thread() == 0;
     uint64_t token = __atomic_exchange_n(&lazy_token, 0, __ATOMIC_ACQ_REL);
-    if (token && (!ok || runtime_request_remote_status(token) != 0))
-        status_answer_inline(token);
+    if (token && (!ok || sink->request_remote_status(token) != 0))
+        sink->answer_status_inline(token);
     if (lazy_drain_pending()) {
         int sig = __atomic_load_n(&lazy_sig, __ATOMIC_ACQUIRE);
-        if (!ok || runtime_post_signal_drain(sig, lazy_start_ms) != 0)
+        if (!ok || sink->post_signal_drain(sig, lazy_start_ms) != 0)
             signals_die(sig); /* as without lastcall */
         if (!lazy_inflight)
             park_until_death();
@@ -474,7 +480,7 @@ static void lazy_try(int sig, void *uctx, const siginfo_t *delivered)
         return;
     }
     if (safepoint_is_safe(uctx, delivered)) {
-        int inflight = __atomic_load_n(&lc_inflight, __ATOMIC_ACQUIRE) != NULL;
+        int inflight = sink->inside_library_call();
         if (safepoint_divert(uctx, lazy_landing) == 0) {
             lazy_inflight = inflight;
             return;
@@ -530,14 +536,14 @@ static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
     }
     if (safepoint_is_park_retry(info)) {
         /* Inside a library call by now: its hook parks the thread. */
-        if (runtime_drain_requested() && __atomic_load_n(&lc_inflight, __ATOMIC_ACQUIRE) == NULL)
+        if (sink->drain_requested() && !sink->inside_library_call())
             park_or_retry(sig, uctx, info);
         errno = saved_errno;
         return;
     }
     if (safepoint_is_retry(info)) {
         if ((lazy_drain_pending() || __atomic_load_n(&lazy_token, __ATOMIC_ACQUIRE)) &&
-            !runtime_drain_requested())
+            !sink->drain_requested())
             lazy_try(sig, uctx, delivered);
         errno = saved_errno;
         return;
@@ -550,15 +556,15 @@ static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
     struct sigaction v;
     virtual_read(sig, &v);
     if (sig == remote_sig) {
-        if (status_is_request(sig, info)) {
+        if (sink->is_status_request(sig, info)) {
             uint64_t none = 0, token = (uint64_t)(uintptr_t)info->si_value.sival_ptr;
-            if (runtime_drain_thread_is_lazy() &&
+            if (sink->drain_thread_is_lazy() &&
                 __atomic_compare_exchange_n(&lazy_token, &none, token, 0, __ATOMIC_ACQ_REL,
                                             __ATOMIC_ACQUIRE)) {
                 lazy_token_ms = lc_now_ms();
                 lazy_try(sig, uctx, delivered); /* the snapshot is made on the drain thread */
-            } else {
-                status_on_request(info);
+            } else if (sink->request_remote_status(token) != 0) {
+                sink->answer_status_inline(token);
             }
             errno = saved_errno;
             return;
@@ -578,7 +584,7 @@ static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
     if (sig == status_sig) {
         /* Taken over for LASTCALL_STATUS_SIGNAL: a snapshot, then the
          * program's own handler if it has one; never the default action. */
-        runtime_request_status();
+        sink->request_status();
         errno = saved_errno;
         if (disposition_of(&v) == DISP_FUNCTION) {
             if (v.sa_flags & SA_RESETHAND)
@@ -588,7 +594,7 @@ static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
         return;
     }
     __atomic_store_n(&shutdown_pid, getpid(), __ATOMIC_RELEASE);
-    if (runtime_drain_requested() || lazy_drain_pending()) {
+    if (sink->drain_requested() || lazy_drain_pending()) {
         /* Second signal during a drain: the user means it. */
         die_on_return(sig);
         errno = saved_errno;
@@ -615,12 +621,12 @@ static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
     /* Armed on this thread, which from here on is parked with SIG
      * deliverable, or goes on inside a library call whose hook parks it. */
     struct lc_deadline_end by_signal = {.sig = sig};
-    deadline_arm(sig, lc_now_ms() + lc_deadline_budget_ms(), by_signal);
-    if (runtime_request_signal_drain(sig) != 0) {
+    deadline_arm(sig, lc_now_ms() + sink->deadline_budget_ms(), by_signal);
+    if (sink->request_signal_drain(sig) != 0) {
         if (__atomic_load_n(&lazy_pid, __ATOMIC_ACQUIRE) != getpid())
             __atomic_store_n(&lazy_sig, 0, __ATOMIC_RELEASE); /* a fork child's own drain */
         int none = 0;
-        if (runtime_drain_thread_is_lazy() &&
+        if (sink->drain_thread_is_lazy() &&
             __atomic_compare_exchange_n(&lazy_sig, &none, sig, 0, __ATOMIC_ACQ_REL,
                                         __ATOMIC_ACQUIRE)) {
             lazy_start_ms = lc_now_ms();
@@ -632,7 +638,7 @@ static void lc_signal_handler(int sig, siginfo_t *info, void *uctx)
         errno = saved_errno;
         return;
     }
-    if (__atomic_load_n(&lc_inflight, __ATOMIC_ACQUIRE)) {
+    if (sink->inside_library_call()) {
         /* Interrupted inside libpq/hiredis: let the call go on; its hook
          * parks the thread when it returns. */
         errno = saved_errno;

@@ -9,7 +9,7 @@
 #include "core/asfmt.h"
 #include "core/config.h"
 #include "core/log.h"
-#include "runtime.h"
+#include "core/process.h"
 
 /* si_value of our expiries: the address of something of ours, which no other
  * timer or sigqueue() in the program can carry by accident. */

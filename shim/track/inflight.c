@@ -1,6 +1,5 @@
 #define _GNU_SOURCE
 #include "track/inflight.h"
-#include "track/helper_thread.h"
 
 #include <errno.h>
 #include <linux/membarrier.h>
@@ -10,12 +9,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "core/lc.h"
-#include "runtime.h"
+#include "core/clock.h"
+#include "core/process.h"
 #include "platform/symbols.h"
 
 __thread void *lc_inflight __attribute__((tls_model("initial-exec")));
 __thread struct lc_outer lc_outer __attribute__((tls_model("initial-exec")));
+__thread int lc_free_keeps_fd __attribute__((tls_model("initial-exec")));
 char lc_connecting;
 char lc_own_call;
 /* No FENCE until a connect finds membarrier missing: before the first tracked
@@ -57,7 +57,6 @@ static void set_flag(unsigned flag, int on)
         __atomic_and_fetch(&lc_hook_flags, ~flag, __ATOMIC_SEQ_CST);
 }
 
-static void unregister_thread(void);
 
 #ifdef __SANITIZE_THREAD__
 static pthread_key_t exit_key;
@@ -65,7 +64,7 @@ static pthread_key_t exit_key;
 static void on_thread_exit(void *unused)
 {
     (void)unused;
-    unregister_thread();
+    inflight_unregister_thread();
 }
 
 static void make_exit_key(void)
@@ -106,7 +105,7 @@ static void free_ref(struct slot_ref *r)
         free(r);
 }
 
-static void unregister_thread(void)
+void inflight_unregister_thread(void)
 {
     if (!registered)
         return;
@@ -170,57 +169,6 @@ int inflight_contains(void *const *snap, size_t n, const void *handle)
     return 0;
 }
 
-/* ---- threads: every thread's slot is registered as it starts ---- */
-#ifndef __SANITIZE_THREAD__
-
-struct start {
-    void *(*fn)(void *);
-    void *arg;
-};
-
-static void thread_cleanup(void *unused)
-{
-    (void)unused;
-    unregister_thread();
-}
-
-static void *thread_trampoline(void *p)
-{
-    struct start s = *(struct start *)p;
-    free(p);
-    inflight_register_thread();
-    void *ret;
-    /* Runs on return and on pthread_exit/cancel alike: the slot is gone with
-     * the thread, so it must leave the list first. */
-    pthread_cleanup_push(thread_cleanup, NULL);
-    ret = s.fn(s.arg);
-    pthread_cleanup_pop(1);
-    return ret;
-}
-
-LC_EXPORT int pthread_create(pthread_t *thread, const pthread_attr_t *attr,
-                             void *(*fn)(void *), void *arg)
-{
-    static void *cache;
-    int (*real)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *) =
-        (int (*)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *))sym_cached(
-            &cache, LC_LIB_LIBC, "pthread_create", (const void *)&pthread_create);
-    if (real == NULL)
-        return ENOSYS;
-    if (!lc_creating_helper)
-        runtime_on_program_thread();
-    struct start *s = malloc(sizeof *s);
-    if (s == NULL)
-        return real(thread, attr, fn, arg); /* untracked, but the program goes on */
-    s->fn = fn;
-    s->arg = arg;
-    int r = real(thread, attr, thread_trampoline, s);
-    if (r != 0)
-        free(s);
-    return r;
-}
-#endif
-
 /* ---- the asymmetric barrier ---- */
 
 void inflight_prepare_barrier(void)
@@ -276,7 +224,7 @@ void inflight_slow_enter(void *handle)
 {
     unsigned flags = flags_after_store();
     if (flags & LC_FLAG_TOUCH)
-        runtime_touch(handle); /* a use counts from its start */
+        lc_up.touch(handle); /* a use counts from its start */
     if (flags & LC_FLAG_GATE)
         wait_at_gate(NULL, handle);
 }
@@ -308,7 +256,7 @@ void inflight_nested_enter(void *prev, void *handle)
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
     unsigned flags = flags_after_store();
     if (flags & LC_FLAG_TOUCH)
-        runtime_touch(handle);
+        lc_up.touch(handle);
     if (flags & LC_FLAG_GATE)
         wait_at_gate(prev, handle);
 }

@@ -81,8 +81,8 @@ void inflight_slow_leave(void);
 void inflight_nested_enter(void *prev, void *handle);
 /* INFLIGHT_LEAVE's rare cases: a nested call (PREV set), or flags. */
 void inflight_leave_rare(void *prev, void *handle);
-/* Implemented in runtime.c: LASTCALL_LEAK_AGE's "used now". */
-void runtime_touch(void *handle);
+/* Set by redisFreeKeepFd's hook around the free: the program keeps the fd. */
+extern __thread int lc_free_keeps_fd __attribute__((tls_model("initial-exec")));
 
 /* Under ThreadSanitizer a pthread_create wrapper would run instrumented code
  * in the new thread before TSan has set it up, so TSan builds register each
@@ -212,6 +212,8 @@ static inline void inflight_resume(void *h)
 
 /* The calling thread's slot joins the list the drain scans (idempotent). */
 void inflight_register_thread(void);
+/* ... and leaves it as the thread ends. */
+void inflight_unregister_thread(void);
 
 /* Copies the handles threads are inside right now (every frame of every
  * thread: the innermost and the outer ones) into OUT, at most MAX of them;

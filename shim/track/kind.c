@@ -1,19 +1,28 @@
-/* The kind table (see kinds.h) and the connect path every kind shares. */
+/* The connect path every kind shares (kind.h). */
 #include "track/kind.h"
 
-#include "track/inflight.h"
+#include <stdio.h>
+
+#include "core/log.h"
+#include "core/process.h"
 #include "core/registry.h"
-#include "observe/report.h"
-#include "runtime.h"
 #include "core/stacks.h"
+#include "track/inflight.h"
 
-extern const struct lc_kind lc_pq_kind, lc_redis_kind, lc_mysql_kind;
-
-const struct lc_kind *const lc_kinds[LC_KIND_COUNT] = {
-    [LC_KIND_PQ] = &lc_pq_kind,
-    [LC_KIND_REDIS] = &lc_redis_kind,
-    [LC_KIND_MYSQL] = &lc_mysql_kind,
-};
+/* open and failed-connect events (LASTCALL_LOG=debug, or info for failures). */
+static void log_open(int kind, const void *handle, const char *target, int failed, int ssl)
+{
+    int level = failed ? LC_LOG_INFO : LC_LOG_DEBUG;
+    if (lc_log_level < level)
+        return;
+    char fields[400], esc[300] = "";
+    lc_json_escape(esc, sizeof esc, target);
+    snprintf(fields, sizeof fields, "\"kind\":\"%s\",\"handle\":\"%p\",\"target\":\"%s\"",
+             lc_kind_of(kind)->json, handle, esc);
+    lc_event(level, failed ? "connect_failed" : "open", fields, "%s %s %p to %s%s",
+             failed ? "failed connect:" : "open", lc_kind_of(kind)->name,
+             handle, target, ssl ? " (SSL)" : "");
+}
 
 int lc_kind_listed(int kind)
 {
@@ -29,15 +38,15 @@ int lc_track_unconnected(int kind, void *handle, const char *target, void *cance
     struct lc_stack *stack = lc_cfg.stacks ? stack_capture(lc_cfg.stack_depth) : NULL;
     if (registry_add(handle, kind, 0, 1, -1, target, cancel, stack) == NULL)
         return -1;
-    runtime_on_connect(0); /* the exit drain and report must see it */
+    lc_up.on_connect(0); /* the exit drain and report must see it */
     return 0;
 }
 
 void lc_track_connected(int kind, void *handle, const char *target, int failed, int ssl)
 {
-    runtime_log_open(kind, handle, target, failed, ssl);
-    runtime_on_connect(ssl);
-    report_check_threshold(kind);
+    log_open(kind, handle, target, failed, ssl);
+    lc_up.on_connect(ssl);
+    lc_up.opened(kind);
 }
 
 int lc_track_connect(int kind, void *handle, int is_async, int failed, int fd,
@@ -49,9 +58,9 @@ int lc_track_connect(int kind, void *handle, int is_async, int failed, int fd,
             lc_kind_of(kind)->free_cancel(cancel);
         return -1;
     }
-    runtime_log_open(kind, handle, target, failed, ssl);
-    runtime_on_connect(ssl);
-    report_check_threshold(kind);
+    log_open(kind, handle, target, failed, ssl);
+    lc_up.on_connect(ssl);
+    lc_up.opened(kind);
     return 0;
 }
 

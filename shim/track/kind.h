@@ -1,16 +1,17 @@
 /* The kind table: everything lastcall knows about one kind of connection
  * (PostgreSQL, Redis, MySQL) is one struct lc_kind, defined in that kind's
- * own file (pq.c, redis.c, mysql.c) and listed once in kinds.c. The drain,
+ * own file (kinds/pq.c, redis.c, mysql.c) and listed once in runtime/kind_table.c. The drain,
  * the logs, the reports, the status snapshot and the public counters loop
- * over lc_kinds[]; none of them names a kind. Adding a kind: an enum line in
- * lc.h, its file, its line in kinds.c. */
+ * over lc_kinds[]; none of them names a kind. Adding a kind: see shim/DESIGN.md. */
 #ifndef LC_KINDS_H
 #define LC_KINDS_H
 
+#include <fcntl.h>
 #include <stddef.h>
 #include <stdint.h>
 
-#include "core/lc.h"
+#include "core/compiler.h"
+#include "core/kind_id.h"
 #include "platform/symbols.h"
 
 struct lc_entry;
@@ -43,6 +44,19 @@ static inline void *lc_real(void **slot, struct lc_reals *t, unsigned i)
  *   #define PQ(fn) ((__typeof__(&fn))lc_real(&pq_real_cache[pqr_##fn], &pq_reals, pqr_##fn)) */
 #define LC_REALS_NAME(fn) #fn,
 
+enum {
+    LC_FLUSH_GIVE_UP = -1,   /* the connection is broken: cut it */
+    LC_FLUSH_NOTHING = 0,    /* nothing was buffered */
+    LC_FLUSH_MORE = 1,       /* some is still buffered: wait for the socket */
+    LC_FLUSH_WROTE = 2,      /* all written now: the server has yet to read it */
+};
+
+enum {
+    LC_SETTLE_GIVE_UP = -1,  /* cannot: say goodbye as things are */
+    LC_SETTLE_DONE = 0,      /* idle: nothing more will come */
+    LC_SETTLE_WAIT = 1,      /* waiting for the server (input) */
+};
+
 /* After the goodbye and our FIN: what tells us the server has what we sent. */
 enum lc_goodbye_wait {
     LC_GOODBYE_DONE = 0,   /* nothing: the server reads the goodbye after our FIN too */
@@ -71,12 +85,12 @@ struct lc_kind {
      * thread, bounded by the deadline. NULL: cut instead (shutdown). */
     void (*cancel)(struct lc_entry *e);
     /* Write what the program buffered and end what must be ended before the
-     * goodbye (a COPY IN): LC_FLUSH_* (drain.h). Never blocks past UNTIL_MS. */
+     * goodbye (a COPY IN): LC_FLUSH_*. Never blocks past UNTIL_MS. */
     int (*flush)(struct lc_entry *e, int fd, int64_t until_ms);
     /* Brings the session back to idle before the goodbye, so that a pooler
      * in between (PgBouncer) sees a clean end and the server has nothing
      * left to send. SCRATCH is per-connection state, 0 at first.
-     * LC_SETTLE_* (drain.h). Never blocks past UNTIL_MS. May be NULL. */
+     * LC_SETTLE_*. Never blocks past UNTIL_MS. May be NULL. */
     int (*settle)(struct lc_entry *e, int fd, int *scratch, int64_t until_ms);
     /* Say goodbye in the protocol (Terminate, COM_QUIT). May be NULL. */
     void (*terminate)(struct lc_entry *e, int fd);
@@ -100,6 +114,14 @@ struct lc_kind {
      * `cancel` (PGcancel, MySQL's credentials) is no longer needed. May be NULL. */
     void (*free_cancel)(void *cancel);
 };
+
+/* The drain writes only to non-blocking sockets: a full one means "later". */
+static inline void lc_set_nonblocking(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0 && !(fl & O_NONBLOCK))
+        fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
 
 extern const struct lc_kind *const lc_kinds[LC_KIND_COUNT];
 
@@ -148,7 +170,7 @@ void lc_track_connected(int kind, void *handle, const char *target, int failed, 
         lc_depth--;                                                                            \
         track;                                                                                 \
         if (LC_UNLIKELY(__atomic_load_n(&lc_gate_closed, __ATOMIC_ACQUIRE)))                   \
-            drain_close_late(h);                                                               \
+            lc_up.close_late(h);                                                               \
         INFLIGHT_LEAVE(LC_CONNECTING);                                                         \
         return h;                                                                              \
     }

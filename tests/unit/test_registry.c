@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "core/registry.h"
 
 TestSuite(registry, .init = registry_reset_for_tests);

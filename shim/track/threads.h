@@ -1,16 +1,13 @@
 /* lastcall's own threads (the drain thread, cancel helpers, the deadline
  * watchdog, a status answer): detached, and with every signal blocked, so no
  * signal of the program's ever runs on them. */
-#ifndef LC_HELPER_THREAD_H
-#define LC_HELPER_THREAD_H
+#ifndef LC_THREADS_H
+#define LC_THREADS_H
 
 #include <stddef.h>
 
 /* Starts FN(ARG) on such a thread with a STACK_SIZE-byte stack. Returns 0, or
  * pthread_create's error. */
 int lc_helper_thread(void *(*fn)(void *), void *arg, size_t stack_size);
-/* Set while this thread creates one of ours: our pthread_create hook then
- * knows the thread is not the program's. */
-extern __thread int lc_creating_helper __attribute__((tls_model("initial-exec")));
 
 #endif
