@@ -49,7 +49,11 @@ static inline uint32_t status_token_nonce(uint64_t token)
 /* Answer lines (fields separated by tabs, no tab or newline inside one):
  *   lastcall-status 1
  *   pid PID / program PATH / now_ms REALTIME_MS
- *   conn KIND STATE AGE_MS TARGET          KIND: postgresql|redis,
+ *   kind KIND TITLE LISTED HAS_TX          one per line of the kind table, in its
+ *                                          order: KIND as in JSON, TITLE as in text,
+ *                                          LISTED 1 when shown even with none open,
+ *                                          HAS_TX 1 when it reports transactions
+ *   conn KIND STATE AGE_MS TARGET          KIND: a kind line's KIND,
  *                                          STATE: in_flight|idle|idle_in_transaction|failed
  *   group KIND COUNT FAILED FIRST_OPENED_MS TARGET    (with --stacks)
  *   frame FORMATTED FUNCTION FILE LINE MODULE OFFSET  (after its group)

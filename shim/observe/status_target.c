@@ -106,6 +106,14 @@ void status_answer_inline(uint64_t token)
         asfmt_str(&l, exe);
         asfmt_str(&l, "\n");
     }
+    for (int k = 0; k < LC_KIND_COUNT; k++) {
+        asfmt_str(&l, "kind\t");
+        asfmt_str(&l, lc_kind_of(k)->json);
+        asfmt_str(&l, "\t");
+        asfmt_str(&l, lc_kind_of(k)->name);
+        asfmt_str(&l, lc_kind_of(k)->always_listed ? "\t1" : "\t0");
+        asfmt_str(&l, lc_kind_of(k)->in_transaction ? "\t1\n" : "\t0\n");
+    }
     if (registry_owned_live() > 0)
         asfmt_str(&l, "error\tthe process has no drain thread: no snapshot can be taken\n");
     asfmt_str(&l, "end\n");
@@ -231,6 +239,10 @@ static void answer_now(uint64_t token)
     fprintf(f, LC_STATUS_VERSION_LINE "\npid\t%d\nprogram", (int)getpid());
     field(f, exe);
     fprintf(f, "\nnow_ms\t%lld\n", (long long)now_real);
+    /* The kind table, so that the launcher names no kind itself. */
+    for (int k = 0; k < LC_KIND_COUNT; k++)
+        fprintf(f, "kind\t%s\t%s\t%d\t%d\n", lc_kind_of(k)->json, lc_kind_of(k)->name,
+                lc_kind_of(k)->always_listed, lc_kind_of(k)->in_transaction != NULL);
     struct lc_entry *entries = NULL;
     size_t n = registry_snapshot(getpid(), -1, &entries);
     write_connections(f, entries, n, now_real);

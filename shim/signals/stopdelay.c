@@ -9,7 +9,10 @@
 #include "core/asfmt.h"
 #include "core/config.h"
 #include "core/log.h"
+#include "core/clock.h"
 #include "core/process.h"
+#include "signals/internal.h"
+#include "signals/signals.h"
 
 /* si_value of our expiries: the address of something of ours, which no other
  * timer or sigqueue() in the program can carry by accident. */
@@ -209,4 +212,68 @@ void stopdelay_log(enum stopdelay_event ev, int sig, int64_t elapsed_ms)
         off += (size_t)w;
     }
     errno = saved;
+}
+
+/* ---- the policy: what the handler does with a managed signal ---- */
+
+/* LASTCALL_STOP_DELAY: the first managed signal is held (HOLDING) while a
+ * timer runs; its expiry, or a second managed signal, ends the hold (OVER)
+ * and a signal goes on as usual. Only the handler moves the state, by
+ * compare-and-swap (several threads may take managed signals at once). */
+enum { DELAY_NONE, DELAY_HOLDING, DELAY_OVER };
+static int delay_state;
+static int delay_sig;
+static siginfo_t delay_info;
+static int64_t delay_start_ms;
+
+void signals_atfork_child(void)
+{
+    /* The child has no pending signal and no timer of the parent's: a hold
+     * under way in the parent is the parent's. */
+    __atomic_store_n(&delay_state, DELAY_NONE, __ATOMIC_RELEASE);
+    stopdelay_atfork_child();
+}
+
+enum delay_verdict stop_delay(int sig, siginfo_t **info)
+{
+    if (stopdelay_is_timer(*info)) {
+        int holding = DELAY_HOLDING;
+        if (sig != __atomic_load_n(&delay_sig, __ATOMIC_ACQUIRE) ||
+            !__atomic_compare_exchange_n(&delay_state, &holding, DELAY_OVER, 0, __ATOMIC_ACQ_REL,
+                                         __ATOMIC_ACQUIRE))
+            return DELAY_HELD; /* an expiry queued before a second signal cut the hold */
+        if (signals_sink->drain_requested()) {
+            /* The program called exit() during the delay and its exit drain
+             * is under way: the held signal would only cut that short. */
+            stopdelay_log(STOPDELAY_DROPPED, sig, lc_now_ms() - delay_start_ms);
+            return DELAY_HELD;
+        }
+        stopdelay_log(STOPDELAY_OVER, sig, lc_now_ms() - delay_start_ms);
+        *info = &delay_info;
+        return DELAY_GO_ON;
+    }
+    int state = __atomic_load_n(&delay_state, __ATOMIC_ACQUIRE);
+    if (state == DELAY_NONE && lc_cfg.stop_delay_ms > 0 &&
+        __atomic_compare_exchange_n(&delay_state, &state, DELAY_HOLDING, 0, __ATOMIC_ACQ_REL,
+                                    __ATOMIC_ACQUIRE)) {
+        delay_info = **info;
+        delay_start_ms = lc_now_ms();
+        __atomic_store_n(&delay_sig, sig, __ATOMIC_RELEASE);
+        if (stopdelay_arm(sig) == 0) {
+            stopdelay_log(STOPDELAY_BEGIN, sig, 0);
+            return DELAY_HELD;
+        }
+        /* No timer in this process: no delay. */
+        __atomic_store_n(&delay_state, DELAY_OVER, __ATOMIC_RELEASE);
+        return DELAY_GO_ON;
+    }
+    int holding = DELAY_HOLDING;
+    if (state == DELAY_HOLDING &&
+        __atomic_compare_exchange_n(&delay_state, &holding, DELAY_OVER, 0, __ATOMIC_ACQ_REL,
+                                    __ATOMIC_ACQUIRE)) {
+        /* A second signal: the user means it now. */
+        stopdelay_disarm(__atomic_load_n(&delay_sig, __ATOMIC_ACQUIRE));
+        stopdelay_log(STOPDELAY_CUT, sig, lc_now_ms() - delay_start_ms);
+    }
+    return DELAY_GO_ON;
 }

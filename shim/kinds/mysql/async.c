@@ -18,7 +18,7 @@
 
 #include "track/inflight.h"
 #include "core/compiler.h"
-#include "kinds/mysql_conn.h"
+#include "kinds/mysql/mysql.h"
 #include "core/process.h"
 #include "platform/symbols.h"
 
