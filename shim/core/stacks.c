@@ -5,9 +5,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #ifdef __GLIBC__
-#ifdef __GLIBC__
 #include <execinfo.h>
-#endif
 #endif
 #include <fcntl.h>
 #include <link.h>
