@@ -38,6 +38,20 @@ struct lastcall_stats {
  * SIZE is smaller than the first version of the struct. */
 int lastcall_get_stats(struct lastcall_stats *out, unsigned long size);
 
+/* The counters of one kind of connection, any kind lastcall knows, named as
+ * in its JSON logs and reports: "postgresql", "redis", "mysql". */
+struct lastcall_kind_stats {
+    unsigned long opened;         /* handles returned by a connect call */
+    unsigned long failed;         /* ... of which the connect failed */
+    unsigned long closed;         /* freed by the program */
+    unsigned long live;           /* tracked now, owned by this process */
+};
+
+/* Fills the first SIZE bytes of *out with KIND's counters; returns 0, or -1
+ * for a kind lastcall does not know or a SIZE too small. */
+int lastcall_get_kind_stats(const char *kind, struct lastcall_kind_stats *out,
+                            unsigned long size);
+
 /* "0.1.0" */
 const char *lastcall_version(void);
 

@@ -96,7 +96,7 @@ static unsigned long current_tid(void)
 struct lc_entry *registry_add(void *handle, int kind, int is_async, int failed, int fd,
                               const char *target, void *cancel, struct lc_stack *stack)
 {
-    if (handle == NULL || kind < 0 || kind >= LC_KIND_COUNT) {
+    if (handle == NULL || kind < 0 || kind >= LC_KIND_MAX) {
         free(stack);
         return NULL;
     }

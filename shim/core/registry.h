@@ -39,10 +39,10 @@ struct lc_entry {
 };
 
 struct lc_registry_counts {
-    unsigned long opened[LC_KIND_COUNT];
-    unsigned long failed[LC_KIND_COUNT];
-    unsigned long closed[LC_KIND_COUNT];
-    unsigned long live[LC_KIND_COUNT];     /* owned by this process */
+    unsigned long opened[LC_KIND_MAX];
+    unsigned long failed[LC_KIND_MAX];
+    unsigned long closed[LC_KIND_MAX];
+    unsigned long live[LC_KIND_MAX];     /* owned by this process */
     unsigned long drained;
 };
 

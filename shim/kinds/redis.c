@@ -87,6 +87,9 @@ static int redis_context_err(const void *ctx)
     return err;
 }
 
+/* The kind's entry in the kind table, at the end of this file. */
+extern const struct lc_kind lc_redis_kind;
+
 /* ---- connect path ---- */
 
 static void redis_track(void *ctx, int is_async, const char *target)
@@ -94,7 +97,7 @@ static void redis_track(void *ctx, int is_async, const char *target)
     if (ctx == NULL)
         return;
     lc_reals_resolve(&rd_reals);
-    lc_track_connect(LC_KIND_REDIS, ctx, is_async, redis_context_err(ctx) != 0,
+    lc_track_connect(lc_kind_id(&lc_redis_kind), ctx, is_async, redis_context_err(ctx) != 0,
                      redis_context_fd(ctx), target, NULL, 0);
 }
 

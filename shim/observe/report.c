@@ -32,7 +32,7 @@ static const char *kind_json(int kind)
 static int listed_kinds(int *out)
 {
     int n = 0;
-    for (int k = 0; k < LC_KIND_COUNT; k++)
+    for (int k = 0; k < lc_kind_count; k++)
         if (lc_kind_listed(k))
             out[n++] = k;
     return n;
@@ -209,9 +209,9 @@ void report_write(void)
     registry_counts(&c);
     struct lc_entry *entries = NULL;
     size_t n = registry_snapshot(getpid(), -1, &entries);
-    unsigned long leaked[LC_KIND_COUNT] = {0}, by_lastcall[LC_KIND_COUNT] = {0},
-                  failed_leaked[LC_KIND_COUNT] = {0};
-    int kinds[LC_KIND_COUNT], n_kinds = listed_kinds(kinds);
+    unsigned long leaked[LC_KIND_MAX] = {0}, by_lastcall[LC_KIND_MAX] = {0},
+                  failed_leaked[LC_KIND_MAX] = {0};
+    int kinds[LC_KIND_MAX], n_kinds = listed_kinds(kinds);
     for (size_t i = 0; i < n; i++) {
         if (entries[i].failed)
             failed_leaked[entries[i].kind]++;
@@ -317,7 +317,7 @@ static void log_top_stacks(const char *event, struct lc_entry *entries, size_t n
 
 void report_check_threshold(int kind)
 {
-    static int warned[LC_KIND_COUNT];
+    static int warned[LC_KIND_MAX];
     if (lc_cfg.leak_threshold <= 0 || __atomic_load_n(&warned[kind], __ATOMIC_ACQUIRE))
         return;
     struct lc_registry_counts c;
@@ -379,11 +379,11 @@ void report_status(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     now_real = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-    unsigned long live[LC_KIND_COUNT] = {0}, busy[LC_KIND_COUNT] = {0}, idle[LC_KIND_COUNT] = {0},
-                  in_tx[LC_KIND_COUNT] = {0}, failed[LC_KIND_COUNT] = {0};
+    unsigned long live[LC_KIND_MAX] = {0}, busy[LC_KIND_MAX] = {0}, idle[LC_KIND_MAX] = {0},
+                  in_tx[LC_KIND_MAX] = {0}, failed[LC_KIND_MAX] = {0};
     void *inside[1024];
     size_t n_inside = inflight_snapshot(inside, 1024);
-    int64_t oldest[LC_KIND_COUNT] = {0};
+    int64_t oldest[LC_KIND_MAX] = {0};
     for (size_t i = 0; i < n; i++) {
         struct lc_entry *e = &entries[i];
         int k = e->kind;
@@ -417,7 +417,7 @@ void report_status(void)
             tl += (size_t)snprintf(targets + tl, sizeof targets - tl, "%s%s %zu",
                                    tl ? ", " : "", entries[i].target, count);
     }
-    int kinds[LC_KIND_COUNT], n_kinds = listed_kinds(kinds);
+    int kinds[LC_KIND_MAX], n_kinds = listed_kinds(kinds);
     for (int i = 0; i < n_kinds; i++) {
         int k = kinds[i];
         char fields[400];

@@ -106,7 +106,7 @@ void status_answer_inline(uint64_t token)
         asfmt_str(&l, exe);
         asfmt_str(&l, "\n");
     }
-    for (int k = 0; k < LC_KIND_COUNT; k++) {
+    for (int k = 0; k < lc_kind_count; k++) {
         asfmt_str(&l, "kind\t");
         asfmt_str(&l, lc_kind_of(k)->json);
         asfmt_str(&l, "\t");
@@ -240,7 +240,7 @@ static void answer_now(uint64_t token)
     field(f, exe);
     fprintf(f, "\nnow_ms\t%lld\n", (long long)now_real);
     /* The kind table, so that the launcher names no kind itself. */
-    for (int k = 0; k < LC_KIND_COUNT; k++)
+    for (int k = 0; k < lc_kind_count; k++)
         fprintf(f, "kind\t%s\t%s\t%d\t%d\n", lc_kind_of(k)->json, lc_kind_of(k)->name,
                 lc_kind_of(k)->always_listed, lc_kind_of(k)->in_transaction != NULL);
     struct lc_entry *entries = NULL;

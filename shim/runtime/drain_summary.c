@@ -17,7 +17,7 @@ void summary_log(const char *why, const struct lc_drain_result *r)
 {
     unsigned long total = 0;
     int others = 0;
-    for (int k = 0; k < LC_KIND_COUNT; k++) {
+    for (int k = 0; k < lc_kind_count; k++) {
         total += r->closed[k];
         others |= !lc_kind_of(k)->always_listed && r->closed[k] > 0;
     }
@@ -26,12 +26,12 @@ void summary_log(const char *why, const struct lc_drain_result *r)
     char fields[400], text[400], cancelled[64];
     snprintf(cancelled, sizeof cancelled, " (%lu quer%s cancelled)", r->cancelled,
              r->cancelled == 1 ? "y" : "ies");
-    int shown[LC_KIND_COUNT], n_shown = 0;
-    for (int k = 0; k < LC_KIND_COUNT; k++)
+    int shown[LC_KIND_MAX], n_shown = 0;
+    for (int k = 0; k < lc_kind_count; k++)
         if (others ? r->closed[k] > 0 : lc_kind_of(k)->always_listed)
             shown[n_shown++] = k;
     size_t fl = (size_t)snprintf(fields, sizeof fields, "\"reason\":\"%s\"", why);
-    for (int k = 0; k < LC_KIND_COUNT && fl < sizeof fields; k++)
+    for (int k = 0; k < lc_kind_count && fl < sizeof fields; k++)
         if (lc_kind_of(k)->always_listed || r->closed[k] > 0)
             fl += (size_t)snprintf(fields + fl, sizeof fields - fl, ",\"%s\":%lu",
                                    lc_kind_of(k)->json, r->closed[k]);

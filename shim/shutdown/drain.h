@@ -9,7 +9,7 @@
 #include "core/registry.h"
 
 struct lc_drain_result {
-    unsigned long closed[LC_KIND_COUNT];
+    unsigned long closed[LC_KIND_MAX];
     unsigned long cancelled;     /* queries cancelled (cancel requests sent) */
     unsigned long cut;           /* shut down while in use, or unfinished at the deadline */
     int64_t elapsed_ms;

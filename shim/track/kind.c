@@ -24,6 +24,14 @@ static void log_open(int kind, const void *handle, const char *target, int faile
              handle, target, ssl ? " (SSL)" : "");
 }
 
+int lc_kind_id(const struct lc_kind *kind)
+{
+    for (int k = 0; k < lc_kind_count; k++)
+        if (lc_kinds[k] == kind)
+            return k;
+    return -1;
+}
+
 int lc_kind_listed(int kind)
 {
     if (lc_kind_of(kind)->always_listed)

@@ -123,11 +123,17 @@ static inline void lc_set_nonblocking(int fd)
         fcntl(fd, F_SETFL, fl | O_NONBLOCK);
 }
 
-extern const struct lc_kind *const lc_kinds[LC_KIND_COUNT];
+/* The kind table (runtime/kind_table.c): a kind's number is its line. */
+extern const struct lc_kind *const lc_kinds[];
+extern const int lc_kind_count;
+
+/* KIND's number in the table, for its own file's connect path; -1 when
+ * the table does not list it (then nothing of it is tracked). */
+int lc_kind_id(const struct lc_kind *kind);
 
 static inline const struct lc_kind *lc_kind_of(int kind)
 {
-    return lc_kinds[kind >= 0 && kind < LC_KIND_COUNT ? kind : 0];
+    return lc_kinds[kind >= 0 && kind < lc_kind_count ? kind : 0];
 }
 
 /* Is KIND listed in this output (always, or the process opened one)? */

@@ -7,6 +7,9 @@
 #include "core/clock.h"
 #include "core/registry.h"
 
+/* The registry knows kinds only as numbers. */
+enum { LC_KIND_PQ, LC_KIND_REDIS, LC_KIND_MYSQL };
+
 TestSuite(registry, .init = registry_reset_for_tests);
 
 Test(registry, add_and_free)

@@ -83,7 +83,7 @@ LC_EXPORT MYSQL *mysql_init(MYSQL *mysql)
     struct my_conn *c = conn_get_locked(m);
     pthread_mutex_unlock(&my_lock);
     if (c)
-        lc_track_unconnected(LC_KIND_MYSQL, m, "(never connected)", c);
+        lc_track_unconnected(lc_kind_id(&lc_mysql_kind), m, "(never connected)", c);
     return m;
 }
 
@@ -154,9 +154,9 @@ void my_connect_end(MYSQL *m, int failed)
     /* Made by our mysql_init: it becomes a connection now. Otherwise (a
      * MYSQL the program initialised before we were there) tracked now. */
     if (registry_set_connected(m, failed, fd, target, c))
-        lc_track_connected(LC_KIND_MYSQL, m, target, failed, ssl);
+        lc_track_connected(lc_kind_id(&lc_mysql_kind), m, target, failed, ssl);
     else
-        lc_track_connect(LC_KIND_MYSQL, m, 0, failed, fd, target, c, ssl);
+        lc_track_connect(lc_kind_id(&lc_mysql_kind), m, 0, failed, fd, target, c, ssl);
     if (LC_UNLIKELY(__atomic_load_n(&lc_gate_closed, __ATOMIC_ACQUIRE)))
         lc_up.close_late(m);
 }

@@ -15,6 +15,9 @@
 #include "platform/symbols.h"
 #include "track/kind.h"
 
+/* The kind's entry in the kind table (close.c). */
+extern const struct lc_kind lc_mysql_kind;
+
 typedef struct st_mysql MYSQL;
 typedef struct st_mysql_res MYSQL_RES;
 typedef struct st_mysql_stmt MYSQL_STMT;

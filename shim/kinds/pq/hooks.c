@@ -76,7 +76,7 @@ static void pq_track(PGconn *conn)
     char target[LC_TARGET_MAX];
     pq_describe(conn, target, sizeof target);
     int ssl = PQ(PQsslInUse) ? PQ(PQsslInUse)(conn) : 0;
-    lc_track_connect(LC_KIND_PQ, conn, 0, failed, fd, target, pq_prepare_cancel(conn), ssl);
+    lc_track_connect(lc_kind_id(&lc_pq_kind), conn, 0, failed, fd, target, pq_prepare_cancel(conn), ssl);
 }
 
 /* PQreset and a finished PQconnectPoll: same PGconn, new backend, new key. */

@@ -8,6 +8,9 @@
 #include "platform/symbols.h"
 #include "track/kind.h"
 
+/* The kind's entry in the kind table (close.c). */
+extern const struct lc_kind lc_pq_kind;
+
 /* libpq 17's calls, declared for older headers: their hooks answer as a
  * failed call when the real library lacks them (only a program built against
  * a newer libpq calls them). */
