@@ -1,9 +1,12 @@
 #define _GNU_SOURCE
 #include "core/stacks.h"
+#include "core/libc_compat.h"
 
 #include <dlfcn.h>
 #include <errno.h>
+#ifdef __GLIBC__
 #include <execinfo.h>
+#endif
 #include <fcntl.h>
 #include <link.h>
 #include <poll.h>

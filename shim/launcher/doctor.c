@@ -516,6 +516,38 @@ static void report_signals(FILE *out)
                      "docker run --init)\n");
 }
 
+/* This launcher's liblastcall.so is built for the launcher's own C library:
+ * a program whose loader is the other libc's cannot take it. Either way the
+ * loader refuses the preload and the program does not start (status 127).
+ * Returns 1 (after saying so) on such a mismatch. */
+static int libc_mismatch(const char *path, const char *interp, FILE *out)
+{
+    int musl_program = strstr(interp, "ld-musl") != NULL;
+    int glibc_program = strstr(interp, "ld-linux") != NULL;
+#ifdef __GLIBC__
+    if (musl_program) {
+        fprintf(out, "  no: %s is a musl program (its loader is %s) and this lastcall is built "
+                     "for glibc: musl's loader cannot load a glibc library (it needs glibc's "
+                     "loader and glibc-only symbols: \"Error relocating liblastcall.so: ... "
+                     "symbol not found\") and refuses to start the program at all (status 127). "
+                     "Use a lastcall built with musl (musl-gcc, or on Alpine)\n", path, interp);
+        return 1;
+    }
+#else
+    if (glibc_program) {
+        fprintf(out, "  no: %s is a glibc program (its loader is %s) and this lastcall is built "
+                     "for musl: glibc's loader cannot load a musl library (it needs musl's "
+                     "libc.so, which on a glibc system is a linker script: \"libc.so: invalid "
+                     "ELF header\") and the program does not start (status 127). Use a lastcall "
+                     "built for glibc\n", path, interp);
+        return 1;
+    }
+#endif
+    (void)musl_program;
+    (void)glibc_program;
+    return 0;
+}
+
 static int analyse(const char *path, FILE *out, int depth)
 {
     struct stat st;
@@ -582,6 +614,8 @@ static int analyse(const char *path, FILE *out, int depth)
         fprintf(out, "  no: %s is statically linked: LD_PRELOAD has no effect on it\n", path);
         return DOCTOR_NO;
     }
+    if (libc_mismatch(path, e.interp, out))
+        return DOCTOR_NO;
     if (e.defines_mysql) {
         fprintf(out, "  no: %s defines mysql_real_connect itself: the MySQL client library is "
                      "linked into it statically (as in Debian's mariadb and mysql clients), so "

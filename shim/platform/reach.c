@@ -21,7 +21,9 @@
 
 #include <dlfcn.h>
 #include <errno.h>
+#ifdef __GLIBC__
 #include <gnu/libc-version.h>
+#endif
 #include <link.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -30,6 +32,7 @@
 
 #include "platform/got.h"
 #include "platform/libc.h"
+#include "core/libc_compat.h"
 #include "core/log.h"
 #include "core/process.h"
 #include "platform/symbols.h"
@@ -86,6 +89,11 @@ static int reals_ready(void)
         return 0;
     void *sym = dso_lookup(&d, "dlsym"), *vsym = dso_lookup(&d, "dlvsym");
     void *open = dso_lookup(&d, "dlopen"), *mopen = dso_lookup(&d, "dlmopen");
+#ifndef __GLIBC__
+    /* musl has neither: our stubs of those names call stand-ins (libc_compat.h). */
+    vsym = vsym ? vsym : (void *)lc_compat_dlvsym;
+    mopen = mopen ? mopen : (void *)lc_compat_dlmopen;
+#endif
     if (sym == NULL || vsym == NULL || open == NULL || mopen == NULL)
         return 0;
     __atomic_store_n(&reach_dlopen_next, (dlopen_fn)open, __ATOMIC_RELEASE);

@@ -5,7 +5,9 @@
 
 #include <errno.h>
 #include <stddef.h>
+#ifdef __GLIBC__
 #include <gnu/libc-version.h>
+#endif
 #include <link.h>
 #include <pthread.h>
 #include <sys/auxv.h>
@@ -17,7 +19,7 @@
 #include <ucontext.h>
 #include <unistd.h>
 
-#if defined(__x86_64__) && defined(__linux__)
+#if defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__)
 
 /* Under valgrind the signal frame counts as gone once the handler returned;
  * the way back writes into it, so memcheck is told it is still there. The
@@ -607,7 +609,7 @@ int safepoint_exit_is_safe(void)
     return 1;
 }
 
-#else /* not x86-64 Linux */
+#else /* not x86-64 Linux with glibc */
 
 int safepoint_prepare(void) { return 0; }
 int safepoint_is_safe(const void *uctx, const siginfo_t *info) { (void)uctx; (void)info; return 0; }

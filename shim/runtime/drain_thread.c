@@ -3,6 +3,7 @@
  * handler, exit() or a status request. */
 #define _GNU_SOURCE
 #include "runtime/drain_thread.h"
+#include "core/libc_compat.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -11,7 +12,9 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __GLIBC__
 #include <sys/single_threaded.h>
+#endif
 #include <unistd.h>
 
 #include "core/clock.h"

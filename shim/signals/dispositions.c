@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "core/clock.h"
+#include "core/libc_compat.h"
 #include "core/compiler.h"
 #include "core/process.h"
 #include "core/registry.h"
