@@ -9,7 +9,12 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#if defined(__x86_64__)
+#include "platform/arch.h"
+
+/* Elsewhere (arch.h: LC_ARCH_GOT is 0) got_each finds no entry: no GOT is
+ * rewritten, and the rest (symbol lookup, page protection) is portable. */
+#if !LC_ARCH_GOT
+#elif defined(__x86_64__)
 #define LC_R_JUMP_SLOT R_X86_64_JUMP_SLOT
 #define LC_R_GLOB_DAT R_X86_64_GLOB_DAT
 #elif defined(__aarch64__)
