@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include "launcher/doctor.h"
+#include "core/arch.h"
 
 #include <dirent.h>
 #include <elf.h>
@@ -358,11 +359,18 @@ static void python_drivers(const char *interp, FILE *out)
                          "module linked to a bundled libpq under another name, in a local scope "
                          "(tested: reach/"
                          "bundled_libpq_copy_in_a_local_scope_is_tracked_and_drained)\n");
+#if LC_ARCH_DL_STUBS
         else
             fprintf(out, "    driver psycopg (3), Python implementation: yes, libpq loaded "
                          "through ctypes (dlopen) and its functions found with dlsym, which "
                          "lastcall answers with its hooks (tested: reach/"
                          "psycopg3_sigterm_with_open_transactions)\n");
+#else
+        else
+            fprintf(out, "    driver psycopg (3), Python implementation: no, libpq's functions "
+                         "are found with dlsym (ctypes), and on " LC_ARCH_NAME " lastcall does "
+                         "not interpose dlsym (x86-64 and aarch64 only)\n");
+#endif
     }
     if (probe_dir(text, "redis", dir, sizeof dir)) {
         any = 1;
@@ -402,9 +410,15 @@ static void php_drivers(const char *interp, FILE *out)
         if (strstr(text, word) == NULL)
             continue;
         any = 1;
+#if LC_ARCH_DL_STUBS && LC_ARCH_GOT
         fprintf(out, "    driver %s: yes, a PHP extension linked to libpq and loaded with "
                      "RTLD_DEEPBIND; lastcall points its GOT entries at its hooks (tested: "
                      "reach/php_pgsql_sigterm_with_open_transactions)\n", pq_exts[i]);
+#else
+        fprintf(out, "    driver %s: no, a PHP extension loaded with RTLD_DEEPBIND binds "
+                     "straight to libpq, and on " LC_ARCH_NAME " lastcall does not rewrite its "
+                     "GOT (x86-64 and aarch64 only)\n", pq_exts[i]);
+#endif
     }
     if (strstr(text, "\nredis\n")) {
         any = 1;
@@ -646,11 +660,19 @@ static int analyse(const char *path, FILE *out, int depth)
     if (interpreter_drivers(path, base, out))
         return DOCTOR_DEPENDS;
     if (e.dlopens) {
+#if LC_ARCH_DL_STUBS && LC_ARCH_GOT
         fprintf(out, "  depends: %s links neither libpq nor hiredis nor a MySQL client library "
                      "but loads libraries at run time (dlopen). lastcall sees libpq and hiredis "
                      "loaded that way: in a local scope, with RTLD_DEEPBIND, as a bundled copy "
                      "under another file name, and functions looked up with dlsym (tested: "
                      "reach/*); libmariadb the same way, untested\n", path);
+#else
+        fprintf(out, "  depends: %s links neither libpq nor hiredis nor a MySQL client library "
+                     "but loads libraries at run time (dlopen). lastcall sees libpq and hiredis "
+                     "loaded in a local scope or as a bundled copy under another file name; on "
+                     LC_ARCH_NAME " it does not see those loaded with RTLD_DEEPBIND nor "
+                     "functions looked up with dlsym (x86-64 and aarch64 only)\n", path);
+#endif
         return DOCTOR_DEPENDS;
     }
     fprintf(out, "  no: %s links neither libpq nor hiredis nor a MySQL client library and "
@@ -666,6 +688,11 @@ int doctor_run(const char *cmd, FILE *out)
         return DOCTOR_NOT_FOUND;
     }
     fprintf(out, "lastcall doctor: %s\n", path);
+#if !(LC_ARCH_DL_STUBS && LC_ARCH_GOT)
+    fprintf(out, "  platform: %s: lastcall answers no dlsym lookup and rewrites no GOT here "
+                 "(x86-64 and aarch64 only): FFI callers (ctypes) and RTLD_DEEPBIND libraries "
+                 "(PHP) are not seen\n", LC_ARCH_NAME);
+#endif
     int verdict = analyse(path, out, 0);
     report_signals(out);
     static const char *words[] = {"lastcall will see its connections",

@@ -9,7 +9,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "platform/arch.h"
+#include "core/arch.h"
 
 /* Elsewhere (arch.h: LC_ARCH_GOT is 0) got_each finds no entry: no GOT is
  * rewritten, and the rest (symbol lookup, page protection) is portable. */

@@ -1,5 +1,5 @@
 /* Stand-ins for glibc's sigaction alias, dlvsym and dlmopen, for other C
- * libraries (musl): each reaches libc's own function through reach.c's
+ * libraries (musl): each reaches libc's own function through loader.c's
  * pointers to libc's dlsym and dlopen. See core/libc_compat.h. Built only
  * there: with glibc this file is empty. */
 #define _GNU_SOURCE
@@ -7,7 +7,7 @@
 
 #ifndef __GLIBC__
 
-#include "platform/reach.h"
+#include "platform/loader.h"
 
 /* ---- sigaction ---- */
 
@@ -21,7 +21,7 @@ int lc_libc_sigaction(int sig, const struct sigaction *act, struct sigaction *ol
 {
     sigaction_fn f = __atomic_load_n(&libc_sigaction, __ATOMIC_ACQUIRE);
     if (f == NULL) {
-        f = (sigaction_fn)reach_real_dlsym(RTLD_NEXT, "sigaction");
+        f = (sigaction_fn)loader_dlsym(RTLD_NEXT, "sigaction");
         if (f == NULL)
             return -1;
         __atomic_store_n(&libc_sigaction, f, __ATOMIC_RELEASE);
@@ -34,14 +34,14 @@ int lc_libc_sigaction(int sig, const struct sigaction *act, struct sigaction *ol
 void *lc_compat_dlvsym(void *handle, const char *name, const char *version)
 {
     (void)version;
-    return reach_real_dlsym(handle, name);
+    return loader_dlsym(handle, name);
 }
 
 void *lc_compat_dlmopen(Lmid_t lmid, const char *file, int mode)
 {
     if (lmid != LM_ID_BASE)
         return NULL;
-    return reach_real_dlopen(file, mode);
+    return loader_dlopen(file, mode);
 }
 
 #endif /* !__GLIBC__ */

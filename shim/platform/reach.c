@@ -21,9 +21,6 @@
 
 #include <dlfcn.h>
 #include <errno.h>
-#ifdef __GLIBC__
-#include <gnu/libc-version.h>
-#endif
 #include <link.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -32,97 +29,10 @@
 
 #include "platform/got.h"
 #include "platform/libc.h"
-#include "core/libc_compat.h"
+#include "platform/loader.h"
 #include "core/log.h"
 #include "core/process.h"
 #include "platform/symbols.h"
-
-typedef void *(*dlsym_fn)(void *, const char *);
-typedef void *(*dlvsym_fn)(void *, const char *, const char *);
-typedef void *(*dlopen_fn)(const char *, int);
-typedef void *(*dlmopen_fn)(Lmid_t, const char *, int);
-
-/* Read by the assembly stubs. reach_dlsym_next is stored last: set, all are. */
-__attribute__((visibility("hidden"), used)) dlsym_fn reach_dlsym_next;
-__attribute__((visibility("hidden"), used)) dlvsym_fn reach_dlvsym_next;
-__attribute__((visibility("hidden"), used)) dlopen_fn reach_dlopen_next;
-__attribute__((visibility("hidden"), used)) dlmopen_fn reach_dlmopen_next;
-
-static struct lc_dso self;
-static int self_ok;
-
-static void marker(void) {}
-
-/* The link map of the object ADDR lies in, from the loader itself: dladdr1
- * takes ld.so's lock while it searches, and we hold none of ours. The two
- * objects asked about (libc, lastcall) are never unloaded while our code runs,
- * so the map stays valid after the lock is released. An earlier version walked
- * the _r_debug list itself, without the loader's lock: a dlclose on another
- * thread could free an entry under it. dladdr1 is not intercepted by sanitizer
- * runtimes, which call our dlsym while they start. */
-static int map_of(const void *addr, struct lc_dso *d)
-{
-    Dl_info info;
-    struct link_map *lm = NULL;
-    if (dladdr1(addr, &info, (void **)&lm, RTLD_DL_LINKMAP) == 0 || lm == NULL)
-        return -1;
-    if (dso_from_link_map(lm, d) != 0 || !dso_contains(d, addr))
-        return -1;
-    return 0;
-}
-
-/* libc's dlsym and dlvsym, and our own dynamic symbol table. libc is the
- * object gnu_get_libc_version lies in, a function no one interposes; its
- * symbols are read from its own table (no libc string function: sanitizer
- * interceptors may not be ready). */
-static int reals_ready(void)
-{
-    if (__atomic_load_n(&reach_dlsym_next, __ATOMIC_ACQUIRE))
-        return 1;
-    struct lc_dso d;
-    if (!__atomic_load_n(&self_ok, __ATOMIC_ACQUIRE) && map_of((const void *)marker, &d) == 0) {
-        self = d;
-        __atomic_store_n(&self_ok, 1, __ATOMIC_RELEASE);
-    }
-    if (map_of((const void *)gnu_get_libc_version, &d) != 0 ||
-        dso_contains(&d, (const void *)marker))
-        return 0;
-    void *sym = dso_lookup(&d, "dlsym"), *vsym = dso_lookup(&d, "dlvsym");
-    void *open = dso_lookup(&d, "dlopen"), *mopen = dso_lookup(&d, "dlmopen");
-#ifndef __GLIBC__
-    /* musl has neither: our stubs of those names call stand-ins (libc_compat.h). */
-    vsym = vsym ? vsym : (void *)lc_compat_dlvsym;
-    mopen = mopen ? mopen : (void *)lc_compat_dlmopen;
-#endif
-    if (sym == NULL || vsym == NULL || open == NULL || mopen == NULL)
-        return 0;
-    __atomic_store_n(&reach_dlopen_next, (dlopen_fn)open, __ATOMIC_RELEASE);
-    __atomic_store_n(&reach_dlmopen_next, (dlmopen_fn)mopen, __ATOMIC_RELEASE);
-    __atomic_store_n(&reach_dlvsym_next, (dlvsym_fn)vsym, __ATOMIC_RELEASE);
-    __atomic_store_n(&reach_dlsym_next, (dlsym_fn)sym, __ATOMIC_RELEASE);
-    return 1;
-}
-
-void *reach_real_dlsym(void *handle, const char *name)
-{
-    if (!reals_ready())
-        return NULL;
-    return reach_dlsym_next(handle, name);
-}
-
-void *reach_real_dlvsym(void *handle, const char *name, const char *version)
-{
-    if (!reals_ready())
-        return NULL;
-    return reach_dlvsym_next(handle, name, version);
-}
-
-void *reach_real_dlopen(const char *file, int mode)
-{
-    if (!reals_ready())
-        return NULL;
-    return reach_dlopen_next(file, mode);
-}
 
 /* Our own loop: own_hook also runs inside dl_iterate_phdr's callback, where a
  * sanitizer's string interceptor has no business. */
@@ -145,7 +55,8 @@ static void *own_hook(const char *name, enum lc_lib *lib)
         *lib = LC_LIB_MYSQL;
     else
         return NULL;
-    return __atomic_load_n(&self_ok, __ATOMIC_ACQUIRE) ? dso_lookup(&self, name) : NULL;
+    const struct lc_dso *self = loader_self();
+    return self ? dso_lookup(self, name) : NULL;
 }
 
 static int enabled(void)
@@ -320,7 +231,8 @@ static int list_cb(struct dl_phdr_info *info, size_t size, void *data)
         return 0;
     /* lastcall itself; libpq, hiredis and the MySQL client call their own
      * exports: those stay theirs. */
-    if ((self_ok && d.start == self.start) || sym_dso_is(&d, LC_LIB_PQ) ||
+    const struct lc_dso *self = loader_self();
+    if ((self && d.start == self->start) || sym_dso_is(&d, LC_LIB_PQ) ||
         sym_dso_is(&d, LC_LIB_HIREDIS) || sym_dso_is(&d, LC_LIB_MYSQL))
         return 0;
     size_t before = sc->n_entries;
@@ -345,7 +257,7 @@ static void decide_lazy(struct scan *sc, size_t first, size_t end)
 {
     const struct object *o = &sc->objects[sc->entries[first].object];
     const char *file = sc->names + o->name_at;
-    void *h = reach_real_dlopen(file[0] ? file : NULL, RTLD_LAZY | RTLD_NOLOAD);
+    void *h = loader_dlopen(file[0] ? file : NULL, RTLD_LAZY | RTLD_NOLOAD);
     if (h == NULL)
         return; /* gone, or in another namespace (dlmopen): not our functions */
     struct link_map *lm = NULL;
@@ -354,7 +266,7 @@ static void decide_lazy(struct scan *sc, size_t first, size_t end)
             struct entry *e = &sc->entries[i];
             uintptr_t c = (uintptr_t)e->current;
             if (e->real && !e->want && (c == 0 || (c >= o->start && c < o->end)) &&
-                reach_real_dlsym(h, sc->names + e->name_at) == e->real)
+                loader_dlsym(h, sc->names + e->name_at) == e->real)
                 e->want = e->hook;
         }
     dlclose(h);
@@ -463,7 +375,7 @@ static void loads_atfork_child(void)
 __attribute__((visibility("hidden"), used)) int reach_dlopen_pre(void)
 {
     int saved = errno;
-    int ready = reals_ready();
+    int ready = loader_ready();
     errno = saved;
     if (!ready)
         return 0;
@@ -577,7 +489,7 @@ static int still_relocating(const struct generation *g)
 
 void reach_scan(void)
 {
-    if (!enabled() || !reals_ready())
+    if (!enabled() || !loader_ready())
         return;
     /* The epoch, then the loads still under way (other than this thread's,
      * which is mapped: we are in its dlsym), then the generation. */
@@ -620,56 +532,6 @@ void reach_scan(void)
     scan_free(&sc);
 }
 
-/* ---- loaded copies of a library ---- */
-
-struct copies {
-    enum lc_lib lib;
-    int n;
-    char *first, *second;
-    size_t cap;
-};
-
-/* Copies S into DST (CAP bytes); 0 when it does not fit (DST then holds a
- * truncated copy). Our own loop: this file is not instrumented, and the name
- * is the loader's, written by whichever thread loaded the object. */
-static int copy_name(char *dst, size_t cap, const char *s)
-{
-    size_t i = 0;
-    for (; s[i] && i + 1 < cap; i++)
-        dst[i] = s[i];
-    dst[i] = '\0';
-    return s[i] == '\0';
-}
-
-static int copies_cb(struct dl_phdr_info *info, size_t size, void *data)
-{
-    (void)size;
-    struct copies *c = data;
-    const char *name = info->dlpi_name;
-    /* The program itself: its own definitions already come before ours. */
-    if (name == NULL || *name == '\0')
-        return 0;
-    struct lc_dso d;
-    if (dso_parse(info, &d) != 0 || !sym_dso_is(&d, c->lib))
-        return 0;
-    if (c->n == 0 && !copy_name(c->first, c->cap, name))
-        return 0;
-    if (c->n == 1)
-        copy_name(c->second, c->cap, name);
-    c->n++;
-    return 0;
-}
-
-int reach_find_copies(enum lc_lib lib, char *first, char *second, size_t cap)
-{
-    struct copies c = {lib, 0, first, second, cap};
-    if (cap == 0)
-        return 0;
-    first[0] = second[0] = '\0';
-    dl_iterate_phdr(copies_cb, &c);
-    return c.n;
-}
-
 /* ---- dlsym / dlvsym ---- */
 
 /* Returns 1 with *result set when the lookup is ours to answer, 0 when the
@@ -678,7 +540,7 @@ __attribute__((visibility("hidden"), used)) int reach_dlsym_pre(void *handle, co
                                                                 const char *version,
                                                                 void **result)
 {
-    if (!reals_ready()) {
+    if (!loader_ready()) {
         *result = NULL; /* cannot happen with glibc: there is always a dlsym */
         return 1;
     }
@@ -702,7 +564,7 @@ __attribute__((visibility("hidden"), used)) int reach_dlsym_pre(void *handle, co
                 dlerror(); /* our own lookups' failures are not the caller's */
                 *result = hook;
                 answered = 1;
-            } else if (reach_dlsym_next(RTLD_DEFAULT, name) == hook) {
+            } else if (loader_dlsym_next(RTLD_DEFAULT, name) == hook) {
                 /* Only our export defines it: the library in use lacks it (an
                  * older version) or is not loaded. A feature probe must read
                  * "absent", as without us. (Defined by an object before us,
@@ -715,8 +577,8 @@ __attribute__((visibility("hidden"), used)) int reach_dlsym_pre(void *handle, co
             /* A given handle: the answer does not depend on the caller. Our
              * hook stands for the function it calls, and only for that. */
             dlerror();
-            void *r = version ? reach_dlvsym_next(handle, name, version)
-                              : reach_dlsym_next(handle, name);
+            void *r = version ? loader_dlvsym_next(handle, name, version)
+                              : loader_dlsym_next(handle, name);
             if (real != NULL && r == real) {
                 r = hook;
             } else if (real == NULL && r == hook) {

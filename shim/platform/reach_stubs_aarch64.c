@@ -11,7 +11,7 @@
  * boundary, and a BR through x16 may land on a "bti c" landing pad. Each stub
  * begins with "hint #34" (bti c; a no-op without BTI) for callers that branch
  * here indirectly (every caller through a PLT or a GOT pointer). */
-#include "platform/arch.h"
+#include "core/arch.h"
 
 #if defined(__aarch64__) && LC_ARCH_DL_STUBS
 /* Frame (48 bytes, sp stays 16-byte aligned):
@@ -31,7 +31,7 @@
     ".cfi_def_cfa_offset 0\n"                                                                  \
     ".cfi_restore x29\n"                                                                       \
     ".cfi_restore x30\n"
-/* A tail branch to libc's function, read from a hidden pointer of reach.c. */
+/* A tail branch to libc's function, read from a hidden pointer of loader.c. */
 #define LC_STUB_TAIL(ptr)                                                                      \
     "  adrp x16, " ptr "\n"                                                                    \
     "  ldr x16, [x16, #:lo12:" ptr "]\n"                                                       \
@@ -53,7 +53,7 @@ __asm__(".text\n"
         "  ldp x0, x1, [sp, #16]\n"
         ".cfi_remember_state\n"
         LC_STUB_EPILOGUE
-        LC_STUB_TAIL("reach_dlsym_next")
+        LC_STUB_TAIL("loader_dlsym_next")
         "1:\n"
         ".cfi_restore_state\n"
         "  ldr x0, [sp, #32]\n"
@@ -78,7 +78,7 @@ __asm__(".text\n"
         "  ldr x2, [sp, #32]\n"
         ".cfi_remember_state\n"
         LC_STUB_EPILOGUE
-        LC_STUB_TAIL("reach_dlvsym_next")
+        LC_STUB_TAIL("loader_dlvsym_next")
         "1:\n"
         ".cfi_restore_state\n"
         "  ldr x0, [sp, #40]\n"
@@ -100,7 +100,7 @@ __asm__(".text\n"
         "  ldp x0, x1, [sp, #16]\n"
         ".cfi_remember_state\n"
         LC_STUB_EPILOGUE
-        LC_STUB_TAIL("reach_dlopen_next")
+        LC_STUB_TAIL("loader_dlopen_next")
         "1:\n"
         ".cfi_restore_state\n"
         "  mov x0, xzr\n"
@@ -123,7 +123,7 @@ __asm__(".text\n"
         "  ldr x2, [sp, #32]\n"
         ".cfi_remember_state\n"
         LC_STUB_EPILOGUE
-        LC_STUB_TAIL("reach_dlmopen_next")
+        LC_STUB_TAIL("loader_dlmopen_next")
         "1:\n"
         ".cfi_restore_state\n"
         "  mov x0, xzr\n"

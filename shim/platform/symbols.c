@@ -7,7 +7,7 @@
 
 #include "platform/got.h"
 #include "core/log.h"
-#include "platform/reach.h"
+#include "platform/loader.h"
 
 /* A library is known by what it defines, not by its file name: Python wheels
  * and vendored builds ship libpq as libpq-1a2b3c4d.so.5.15. */
@@ -38,7 +38,8 @@ static void *loaded_library(enum lc_lib lib)
     if (h)
         return h;
     char path[512], other[512];
-    int copies = reach_find_copies(lib, path, other, sizeof path);
+    int copies = loader_find_copies(lib_defines[lib][0], lib_defines[lib][1], path, other,
+                                    sizeof path);
     if (copies == 0)
         return NULL;
     /* Neither is in the global scope (RTLD_NEXT found none): a local-scope
@@ -46,7 +47,7 @@ static void *loaded_library(enum lc_lib lib)
     if (copies > 1)
         LC_WARN("%d copies of the same library are loaded, none in the global scope (%s, %s...); "
                 "lastcall calls %s", copies, path, other[0] ? other : "?", path);
-    h = reach_real_dlopen(path, RTLD_LAZY | RTLD_NOLOAD);
+    h = loader_dlopen(path, RTLD_LAZY | RTLD_NOLOAD);
     if (h)
         __atomic_store_n(&lib_handles[lib], h, __ATOMIC_RELEASE);
     return h;
@@ -57,17 +58,17 @@ void *sym_lookup(enum lc_lib lib, const char *name, const void *self)
     void *p;
     /* libssl as the libpq in use links it: a wheel's bundled libpq brings its
      * own libssl, and SSL objects must go back to the copy that made them. */
-    if (lib == LC_LIB_SSL && reach_real_dlsym(RTLD_NEXT, lib_defines[LC_LIB_PQ][1]) == NULL) {
+    if (lib == LC_LIB_SSL && loader_dlsym(RTLD_NEXT, lib_defines[LC_LIB_PQ][1]) == NULL) {
         void *pq = loaded_library(LC_LIB_PQ);
-        if (pq && (p = reach_real_dlsym(pq, name)) != NULL)
+        if (pq && (p = loader_dlsym(pq, name)) != NULL)
             return p;
     }
     /* libc's dlsym, called from here: RTLD_NEXT means "after lastcall", and
      * our own dlsym would hand our hooks back. */
-    p = reach_real_dlsym(RTLD_NEXT, name);
+    p = loader_dlsym(RTLD_NEXT, name);
     if ((p == NULL || p == self) && lib < LC_LIB_COUNT) {
         void *h = loaded_library(lib);
-        p = h ? reach_real_dlsym(h, name) : NULL;
+        p = h ? loader_dlsym(h, name) : NULL;
     }
     if (self != NULL && p == self) {
         LC_DEBUG("lookup of %s found lastcall itself; refusing the loop", name);
@@ -80,8 +81,8 @@ void sym_absent(enum lc_lib lib, const char *name)
 {
     void *h = lib < LC_LIB_COUNT ? __atomic_load_n(&lib_handles[lib], __ATOMIC_ACQUIRE) : NULL;
     /* The failing lookup comes last: a successful loader call clears the error. */
-    if (h == NULL || reach_real_dlsym(h, name) != NULL)
-        reach_real_dlsym(RTLD_NEXT, name);
+    if (h == NULL || loader_dlsym(h, name) != NULL)
+        loader_dlsym(RTLD_NEXT, name);
 }
 
 int sym_hiredis_layout(void)

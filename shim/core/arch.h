@@ -1,4 +1,5 @@
-/* What this architecture gives lastcall, decided at compile time.
+/* What this architecture gives lastcall, decided at compile time. In core so
+ * that the launcher (`lastcall doctor`) can say it too; macros only.
  *
  * Most of lastcall is portable C over Linux system calls. Three parts are
  * tied to an instruction set:
