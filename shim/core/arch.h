@@ -11,7 +11,8 @@
  * - LC_ARCH_GOT: the relocation types of GOT entries got.c can read and
  *   rewrite (RTLD_DEEPBIND reach).
  * - safepoint.c (x86-64 only): see DESIGN.md, "The drain thread and exit";
- *   elsewhere the drain thread starts at the first connect.
+ *   elsewhere the drain thread starts at the first connect
+ *   (LC_ARCH_SAFEPOINT_GENERIC below).
  * `lastcall doctor` says which of these the build has. */
 #ifndef LC_ARCH_H
 #define LC_ARCH_H
@@ -22,6 +23,18 @@
 #else
 #define LC_ARCH_DL_STUBS 0
 #define LC_ARCH_GOT 0
+#endif
+
+/* safepoint.c diverts a signalled thread out of its handler on x86-64 only.
+ * Elsewhere, with glibc, safepoint_generic.c still measures ld.so's load and
+ * write locks (is this thread running a constructor?) and gives each thread a
+ * park-retry timer, so a signal never parks a thread inside a constructor or
+ * fork() (DESIGN.md, "Signals"). */
+#include <features.h>
+#if defined(__linux__) && defined(__GLIBC__) && !defined(__x86_64__)
+#define LC_ARCH_SAFEPOINT_GENERIC 1
+#else
+#define LC_ARCH_SAFEPOINT_GENERIC 0
 #endif
 
 #if defined(__x86_64__)

@@ -94,7 +94,10 @@ int safepoint_is_park_retry(const siginfo_t *info)
 
 int safepoint_retry(int sig, long delay_us) { (void)sig; (void)delay_us; return -1; }
 int safepoint_is_retry(const siginfo_t *info) { (void)info; return 0; }
+#include "core/arch.h"
+#if !LC_ARCH_SAFEPOINT_GENERIC /* else in safepoint_generic.c (glibc, no diversion) */
 int safepoint_park_retry(int sig, long delay_us) { (void)sig; (void)delay_us; return -1; }
 int safepoint_is_park_retry(const siginfo_t *info) { (void)info; return 0; }
+#endif
 
 #endif

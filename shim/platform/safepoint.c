@@ -533,11 +533,17 @@ int safepoint_exit_is_safe(void)
 
 #else /* not x86-64 Linux with glibc */
 
+#include "core/arch.h"
+
+#if !LC_ARCH_SAFEPOINT_GENERIC /* else in safepoint_generic.c */
 int safepoint_prepare(void) { return 0; }
+#endif
 int safepoint_is_safe(const void *uctx, const siginfo_t *info) { (void)uctx; (void)info; return 0; }
 int safepoint_divert(void *uctx, void (*fn)(void)) { (void)uctx; (void)fn; return -1; }
 int safepoint_exit_is_safe(void) { return 1; }
+#if !LC_ARCH_SAFEPOINT_GENERIC /* else in safepoint_generic.c */
 int safepoint_holds_loader_lock(void) { return 0; }
+#endif
 int safepoint_pc_is_safe(const void *uctx, const siginfo_t *info) { (void)uctx; (void)info; return 1; }
 
 #endif
