@@ -38,9 +38,13 @@ void redisAsyncHandleTimeout(redisAsyncContext *ac);
 enum { RD_REALS(RD_REAL_INDEX) rdr_count };
 static const char *const rd_real_names[] = {RD_REALS(LC_REALS_NAME)};
 static void *rd_real_cache[rdr_count];
-static struct lc_reals rd_reals = {LC_LIB_HIREDIS, rdr_count, rd_real_names, rd_real_cache, 0};
+static struct lc_lib rd_lib = {.defines = {"redisConnect", "redisFree"},
+                               .hook_prefixes = {"redis"}};
+/* hiredis 1.x's TLS library, beside libhiredis. */
+static struct lc_lib rd_ssl_lib = {.defines = {"redisInitiateSSL", "redisCreateSSLContext"}};
+static struct lc_reals rd_reals = {&rd_lib, rdr_count, rd_real_names, rd_real_cache, 0};
 #define RD(fn) ((__typeof__(&fn))lc_real(&rd_real_cache[rdr_##fn], &rd_reals, rdr_##fn))
-#define RD_HOOKED(name) HOOKED_REAL_IN(LC_LIB_HIREDIS, name)
+#define RD_HOOKED(name) HOOKED_REAL_IN(&rd_lib, name)
 
 /* The options-struct connects exist only in hiredis 1.x. Against 0.14's
  * headers they are declared here with an opaque type; against 1.x's, the
@@ -58,9 +62,26 @@ redisAsyncContext *redisAsyncConnectWithOptions(const lc_redis_options *options)
  * 1.x:  const void *funcs; int err; char errstr[128]; int fd; int flags; -> fd at 140
  * The sync context is the first member of the async one, so the same offsets
  * serve redisAsyncContext pointers. */
+/* hiredis 1.x added a pointer before `fd` in redisContext. */
+enum { LC_HIREDIS_UNKNOWN = 0, LC_HIREDIS_0 = 1, LC_HIREDIS_1 = 2 };
+static int hiredis_layout(void)
+{
+    static int layout;
+    int l = __atomic_load_n(&layout, __ATOMIC_ACQUIRE);
+    if (l)
+        return l;
+    /* redisConnectWithOptions exists only in hiredis 1.x; so does the funcs
+     * pointer that moves every later field of redisContext by 8 bytes. */
+    if (sym_lookup(&rd_lib, "redisFree", NULL) == NULL)
+        return LC_HIREDIS_UNKNOWN;
+    l = sym_lookup(&rd_lib, "redisConnectWithOptions", NULL) ? LC_HIREDIS_1 : LC_HIREDIS_0;
+    __atomic_store_n(&layout, l, __ATOMIC_RELEASE);
+    return l;
+}
+
 static int redis_fd_offset(void)
 {
-    switch (sym_hiredis_layout()) {
+    switch (hiredis_layout()) {
     case LC_HIREDIS_0:
         return 132;
     case LC_HIREDIS_1:
@@ -83,7 +104,7 @@ static int redis_context_fd(const void *ctx)
 static int redis_context_err(const void *ctx)
 {
     int err;
-    memcpy(&err, (const char *)ctx + (sym_hiredis_layout() == LC_HIREDIS_1 ? 8 : 0), sizeof err);
+    memcpy(&err, (const char *)ctx + (hiredis_layout() == LC_HIREDIS_1 ? 8 : 0), sizeof err);
     return err;
 }
 
@@ -241,7 +262,7 @@ int redisInitiateSSLWithContext(redisContext *c, void *redis_ssl_ctx);
 #define REDIS_SSL_HOOK(name, argtype)                                                          \
     LC_EXPORT int name(redisContext *c, argtype arg)                                           \
     {                                                                                          \
-        int (*real)(redisContext *, argtype) = HOOKED_REAL_IN(LC_LIB_HIREDIS_SSL, name);       \
+        int (*real)(redisContext *, argtype) = HOOKED_REAL_IN(&rd_ssl_lib, name);       \
         if (LC_UNLIKELY(real == NULL))                                                         \
             return REDIS_ERR;                                                                  \
         int r = real(c, arg);                                                                  \
@@ -514,6 +535,7 @@ static int redis_nothing_to_say(struct lc_entry *e, int fd)
 
 const struct lc_kind lc_redis_kind = {
     .name = "Redis",
+    .lib = &rd_lib,
     .json = "redis",
     .always_listed = 1,
     .goodbye_wait = LC_GOODBYE_READ,

@@ -34,26 +34,10 @@
 #include "core/process.h"
 #include "platform/symbols.h"
 
-/* Our own loop: own_hook also runs inside dl_iterate_phdr's callback, where a
- * sanitizer's string interceptor has no business. */
-static int starts_with(const char *s, const char *prefix)
-{
-    while (*prefix && *s == *prefix)
-        s++, prefix++;
-    return *prefix == '\0';
-}
-
 /* NAME is one of our hooks: *lib says whose, the result is our function. */
-static void *own_hook(const char *name, enum lc_lib *lib)
+static void *own_hook(const char *name, struct lc_lib **lib)
 {
-    /* lo_*: libpq's large-object calls, where lastcall.map exports them. */
-    if (starts_with(name, "PQ") || starts_with(name, "lo_"))
-        *lib = LC_LIB_PQ;
-    else if (starts_with(name, "redis"))
-        *lib = LC_LIB_HIREDIS;
-    else if (starts_with(name, "mysql_"))
-        *lib = LC_LIB_MYSQL;
-    else
+    if ((*lib = sym_hooked_lib_of(name)) == NULL)
         return NULL;
     const struct lc_dso *self = loader_self();
     return self ? dso_lookup(self, name) : NULL;
@@ -119,7 +103,7 @@ struct entry {
     void *want;    /* what step 3 writes, or NULL */
     size_t object; /* index in scan.objects */
     size_t name_at;
-    enum lc_lib lib;
+    struct lc_lib *lib;
 };
 
 struct scan {
@@ -183,7 +167,7 @@ static size_t keep_name(struct scan *sc, const char *s)
 static int entry_cb(const char *name, void **slot, void *current, void *ctx)
 {
     struct scan *sc = ctx;
-    enum lc_lib lib;
+    struct lc_lib *lib;
     void *hook = own_hook(name, &lib);
     if (hook == NULL || current == hook)
         return 0;
@@ -229,11 +213,10 @@ static int list_cb(struct dl_phdr_info *info, size_t size, void *data)
     sc->starts[sc->n_starts++] = d.start;
     if (sc->walked_valid && sorted_has(sc->walked, sc->n_walked, d.start))
         return 0;
-    /* lastcall itself; libpq, hiredis and the MySQL client call their own
-     * exports: those stay theirs. */
+    /* lastcall itself; the kinds' libraries (libpq, hiredis, the MySQL
+     * client) call their own exports: those stay theirs. */
     const struct lc_dso *self = loader_self();
-    if ((self && d.start == self->start) || sym_dso_is(&d, LC_LIB_PQ) ||
-        sym_dso_is(&d, LC_LIB_HIREDIS) || sym_dso_is(&d, LC_LIB_MYSQL))
+    if ((self && d.start == self->start) || sym_dso_is_hooked(&d))
         return 0;
     size_t before = sc->n_entries;
     sc->listing = &d;
@@ -552,7 +535,7 @@ __attribute__((visibility("hidden"), used)) int reach_dlsym_pre(void *handle, co
         confirm_own_load();
     }
     int answered = 0;
-    enum lc_lib lib;
+    struct lc_lib *lib;
     void *hook;
     /* RTLD_NEXT keeps its meaning: for anything loaded before lastcall the
      * next definition is already our hook; an interposer loaded after us

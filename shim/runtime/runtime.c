@@ -16,6 +16,7 @@
 #include "observe/report.h"
 #include "observe/status_target.h"
 #include "platform/deadline.h"
+#include "platform/symbols.h"
 #include "runtime/drain_thread.h"
 #include "runtime/exit_drain.h"
 #include "runtime/program_close.h"
@@ -99,6 +100,12 @@ static int entry_in_transaction(struct lc_entry *e)
 /* lc_register_atfork, not pthread_atfork: platform/libc.h says why. */
 LC_STARTUP static void do_init(void)
 {
+    /* reach answers a hooked name only once lastcall is initialised: the
+     * kinds' libraries are known by then. */
+    struct lc_lib *libs[LC_KIND_MAX];
+    for (int k = 0; k < lc_kind_count; k++)
+        libs[k] = lc_kind_of(k)->lib;
+    sym_set_hooked_libs(libs, lc_kind_count);
     process_load_config();
     if (!lc_cfg.disabled) {
         lc_register_atfork(atfork_prepare, atfork_parent, atfork_child);

@@ -24,7 +24,7 @@ struct lc_entry;
  * has no such function". Before that a lookup is made on demand, except once
  * a drain has begun (the gate is closed): no loader call then. */
 struct lc_reals {
-    enum lc_lib lib;
+    struct lc_lib *lib;
     unsigned count;
     const char *const *names;
     void **cache;
@@ -66,6 +66,9 @@ enum lc_goodbye_wait {
 
 struct lc_kind {
     const char *name;        /* in text: "PostgreSQL" */
+    /* The client library whose functions this kind hooks (platform/symbols.h:
+     * how it is recognised, and the prefixes of its hooked functions). */
+    struct lc_lib *lib;
     const char *json;        /* JSON key, status and log field value: "postgresql" */
     /* Listed in reports, status snapshots and drain summaries even when
      * unused (the first two kinds, whose output programs already parse);

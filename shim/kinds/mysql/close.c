@@ -135,6 +135,7 @@ static int my_in_transaction(struct lc_entry *e)
 
 const struct lc_kind lc_mysql_kind = {
     .name = "MySQL",
+    .lib = &my_lib,
     .json = "mysql",
     .goodbye_wait = LC_GOODBYE_EOF,
     .socket_fd = my_socket_fd,

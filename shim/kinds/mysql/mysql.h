@@ -24,7 +24,7 @@ typedef struct st_mysql_stmt MYSQL_STMT;
 typedef char **MYSQL_ROW;
 typedef char my_bool;
 
-#define MY_HOOKED(name) HOOKED_REAL_IN(LC_LIB_MYSQL, name)
+#define MY_HOOKED(name) HOOKED_REAL_IN(&my_lib, name)
 
 /* The connect path, in two halves around the library's connect (blocking, or
  * spread over _start/_cont calls): BEGIN keeps the arguments the KILL
@@ -102,6 +102,8 @@ my_bool mariadb_get_infov(MYSQL *mysql, int value, void *arg, ...);
 enum { MY_REALS(MY_REAL_INDEX) myr_count };
 extern void *my_real_cache[myr_count];
 extern struct lc_reals my_reals;
+/* libmariadb (MariaDB Connector/C) or libmysqlclient (state.c). */
+extern struct lc_lib my_lib;
 #define MY(fn) ((__typeof__(&fn))lc_real(&my_real_cache[myr_##fn], &my_reals, myr_##fn))
 
 /* mariadb_get_infov's MARIADB_CONNECTION_SERVER_STATUS (Connector/C 3.x) and

@@ -28,7 +28,9 @@ static int my_oom; /* under my_lock */
 
 static const char *const my_real_names[] = {MY_REALS(LC_REALS_NAME)};
 void *my_real_cache[myr_count];
-struct lc_reals my_reals = {LC_LIB_MYSQL, myr_count, my_real_names, my_real_cache, 0};
+struct lc_lib my_lib = {.defines = {"mysql_real_connect", "mysql_close"},
+                        .hook_prefixes = {"mysql_"}};
+struct lc_reals my_reals = {&my_lib, myr_count, my_real_names, my_real_cache, 0};
 
 pthread_mutex_t my_lock = PTHREAD_MUTEX_INITIALIZER;
 struct my_conn *conns;

@@ -28,10 +28,13 @@
 /* The caches of the real functions (pq.h). */
 static const char *const pq_real_names[] = {PQ_REALS(LC_REALS_NAME)};
 void *pq_real_cache[pqr_count];
-struct lc_reals pq_reals = {LC_LIB_PQ, pqr_count, pq_real_names, pq_real_cache, 0};
+/* lo_*: libpq's large-object calls. */
+struct lc_lib pq_lib = {.defines = {"PQconnectdb", "PQfinish"}, .hook_prefixes = {"PQ", "lo_"}};
+struct lc_lib pq_ssl_lib = {.defines = {"SSL_write", "SSL_CTX_new"}, .via = &pq_lib};
+struct lc_reals pq_reals = {&pq_lib, pqr_count, pq_real_names, pq_real_cache, 0};
 static const char *const ssl_real_names[] = {"SSL_write"};
 void *ssl_real_cache[1];
-struct lc_reals ssl_reals = {LC_LIB_SSL, 1, ssl_real_names, ssl_real_cache, 0};
+struct lc_reals ssl_reals = {&pq_ssl_lib, 1, ssl_real_names, ssl_real_cache, 0};
 
 void pq_free_cancel(void *cancel)
 {
@@ -436,6 +439,7 @@ static int pq_nothing_to_say(struct lc_entry *e, int fd)
 
 const struct lc_kind lc_pq_kind = {
     .name = "PostgreSQL",
+    .lib = &pq_lib,
     .json = "postgresql",
     .always_listed = 1,
     .close_first = 1,

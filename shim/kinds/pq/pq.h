@@ -38,8 +38,10 @@ int PQsendClosePortal(PGconn *conn, const char *portal);
 enum { PQ_REALS(PQ_REAL_INDEX) pqr_count };
 extern void *pq_real_cache[pqr_count];
 extern struct lc_reals pq_reals;
+/* libpq, and libssl as libpq links it (close.c). */
+extern struct lc_lib pq_lib, pq_ssl_lib;
 #define PQ(fn) ((__typeof__(&fn))lc_real(&pq_real_cache[pqr_##fn], &pq_reals, pqr_##fn))
-#define PQ_HOOKED(name) HOOKED_REAL_IN(LC_LIB_PQ, name)
+#define PQ_HOOKED(name) HOOKED_REAL_IN(&pq_lib, name)
 
 /* libssl as libpq links it: the TLS goodbye's one function. */
 typedef int (*ssl_write_fn)(void *ssl, const void *buf, int num);
