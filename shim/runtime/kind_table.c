@@ -6,7 +6,8 @@
 #define LC_KIND_TABLE(X) \
     X(lc_pq_kind)        \
     X(lc_redis_kind)     \
-    X(lc_mysql_kind)
+    X(lc_mysql_kind)     \
+    /* the end of the table */
 
 #define LC_KIND_DECLARE(k) extern const struct lc_kind k;
 #define LC_KIND_ENTRY(k) &k,
