@@ -4,6 +4,8 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include "glibc_compat.h"
+
 __thread int lc_creating_helper __attribute__((tls_model("initial-exec")));
 
 int lc_helper_thread(void *(*fn)(void *), void *arg, size_t stack_size)
@@ -21,7 +23,7 @@ int lc_helper_thread(void *(*fn)(void *), void *arg, size_t stack_size)
      * allocator, a lock). */
     int masked = pthread_attr_setsigmask_np(&attr, &all) == 0;
 #else
-    int masked = 0;
+    int masked = lc_pthread_attr_setsigmask_np(&attr, &all) == 0; /* glibc_compat.h */
 #endif
     /* Otherwise a new thread inherits the creating thread's mask: block
      * everything for the instant of the creation, then give it back. */

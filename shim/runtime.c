@@ -13,7 +13,7 @@
 #include <string.h>
 #include <sys/auxv.h>
 #include <time.h>
-#include <sys/single_threaded.h>
+#include "glibc_compat.h" /* was <sys/single_threaded.h>: glibc 2.32+ only */
 #include <unistd.h>
 
 #include "deadline.h"
@@ -330,7 +330,7 @@ static int thread_can_wait(void)
 #ifdef __SANITIZE_THREAD__
     return 0;
 #else
-    return __libc_single_threaded && lc_cfg.leak_age_ms <= 0 &&
+    return lc_libc_single_threaded() && lc_cfg.leak_age_ms <= 0 &&
            lc_cfg.status_signal <= 0;
 #endif
 }
