@@ -31,6 +31,10 @@ struct lc_upcalls {
     void (*on_program_thread)(void);
     /* A connection of KIND was opened: the leak threshold check. */
     void (*opened)(int kind);
+    /* The kernel deadline timer's signal during an exit drain (0: none): a
+     * helper thread made without pthread_attr_setsigmask_np (glibc 2.31)
+     * leaves it open to its creator (platform/glibc_compat.h). */
+    int (*deadline_signal)(void);
 };
 
 extern const struct lc_upcalls lc_up;

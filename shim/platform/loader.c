@@ -57,6 +57,10 @@ int loader_ready(void)
     if (map_of((const void *)gnu_get_libc_version, &d) != 0 ||
         dso_contains(&d, (const void *)marker))
         return 0;
+    /* glibc < 2.34 (Debian 11): the dl* functions are libdl's, where dladdr1 lies. */
+    if (dso_lookup(&d, "dlsym") == NULL &&
+        (map_of((const void *)dladdr1, &d) != 0 || dso_contains(&d, (const void *)marker)))
+        return 0;
     void *sym = dso_lookup(&d, "dlsym"), *vsym = dso_lookup(&d, "dlvsym");
     void *open = dso_lookup(&d, "dlopen"), *mopen = dso_lookup(&d, "dlmopen");
 #ifndef __GLIBC__

@@ -13,7 +13,12 @@
 #include <stdlib.h>
 #include <string.h>
 #ifdef __GLIBC__
-#include <sys/single_threaded.h>
+#include "platform/glibc_compat.h" /* __libc_single_threaded from 2.32, a fallback below */
+#else
+static inline int lc_libc_single_threaded(void)
+{
+    return __libc_single_threaded; /* core/libc_compat.h */
+}
 #endif
 #include <unistd.h>
 
@@ -133,7 +138,7 @@ static int thread_can_wait(void)
 #ifdef __SANITIZE_THREAD__
     return 0;
 #else
-    return __libc_single_threaded && lc_cfg.leak_age_ms <= 0 &&
+    return lc_libc_single_threaded() && lc_cfg.leak_age_ms <= 0 &&
            lc_cfg.status_signal <= 0;
 #endif
 }

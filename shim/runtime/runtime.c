@@ -87,6 +87,7 @@ const struct lc_upcalls lc_up = {
     .touch = runtime_touch,
     .on_program_thread = runtime_on_program_thread,
     .opened = report_check_threshold,
+    .deadline_signal = signals_deadline_signal,
 };
 
 

@@ -8,6 +8,7 @@
 
 #include "core/compiler.h"
 #include "core/upcalls.h"
+#include "platform/glibc_compat.h"
 #include "platform/symbols.h"
 #include "track/inflight.h"
 
@@ -33,7 +34,17 @@ int lc_helper_thread(void *(*fn)(void *), void *arg, size_t stack_size)
      * allocator, a lock). */
     int masked = pthread_attr_setsigmask_np(&attr, &all) == 0;
 #else
-    int masked = 0;
+    int masked = lc_pthread_attr_setsigmask_np(&attr, &all) == 0; /* glibc_compat.h */
+    if (!masked) {
+        pthread_t early;
+        lc_creating_helper = 1;
+        int r = lc_pthread_create_deadline_open(&early, &attr, fn, arg);
+        lc_creating_helper = 0;
+        if (r != -1) {
+            pthread_attr_destroy(&attr);
+            return r;
+        }
+    }
 #endif
     /* Otherwise a new thread inherits the creating thread's mask: block
      * everything for the instant of the creation, then give it back. */

@@ -45,6 +45,14 @@ const char *build_path(const char *rel)
     static __thread int i;
     const char *root = getenv("LASTCALL_BUILD_ROOT");
     char *out = buf[i++ % 8];
+    /* LASTCALL_TEST_SHIM_DIR: a prebuilt liblastcall.so and lastcall launcher
+     * under test instead of this build's (tests/platforms/debian-suite runs the
+     * suite with the glibc-floor build). */
+    const char *shim_dir = getenv("LASTCALL_TEST_SHIM_DIR");
+    if (shim_dir && *shim_dir && strncmp(rel, "shim/", 5) == 0) {
+        snprintf(out, 1024, "%s/%s", shim_dir, rel + 5);
+        return out;
+    }
     snprintf(out, 1024, "%s/%s", root ? root : ".", rel);
     return out;
 }

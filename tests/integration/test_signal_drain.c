@@ -161,9 +161,12 @@ Test(signal_drain, python_psycopg2_sigterm_with_open_transactions)
 /* Runs `unshare --pid --fork CMD...` (with a user namespace when not root). */
 static int start_as_pid1(struct proc *p, const struct run_opts *o, const char *key)
 {
-    const char *argv_root[] = {"unshare", "--pid", "--fork", CLIENT, "hold", key, NULL};
-    const char *argv_user[] = {"unshare", "--user", "--map-root-user", "--pid", "--fork",
+    /* util-linux < 2.38 (Debian 11's unshare) --fork leaves SIGINT and SIGTERM
+     * ignored in its child: env puts them back to the default first. */
+    const char *argv_root[] = {"unshare", "--pid", "--fork", "env", "--default-signal=INT,TERM",
                                CLIENT, "hold", key, NULL};
+    const char *argv_user[] = {"unshare", "--user", "--map-root-user", "--pid", "--fork",
+                               "env", "--default-signal=INT,TERM", CLIENT, "hold", key, NULL};
     proc_start(p, o, geteuid() == 0 ? argv_root : argv_user);
     if (proc_wait_for(p, "ready pid 1", 10000) != 0)
         return -1;

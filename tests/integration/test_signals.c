@@ -50,7 +50,10 @@ static void start_case(const struct sigcase *c, int preload, int pid1, struct pr
     snprintf(flags, sizeof flags, "%x", c->flags);
     const char *conn = c->conn ? "1" : "0";
     const char *direct[] = {SIGDIFF, c->setter, c->handler, flags, c->sig, c->delivery, conn, NULL};
-    const char *in_ns[] = {"unshare", "--pid", "--fork", "--kill-child", SIGDIFF, c->setter,
+    /* env: util-linux < 2.38 (Debian 11's unshare) --fork leaves SIGINT and
+     * SIGTERM ignored in its child. */
+    const char *in_ns[] = {"unshare", "--pid", "--fork", "--kill-child", "env",
+                           "--default-signal=INT,TERM", SIGDIFF, c->setter,
                            c->handler, flags, c->sig, c->delivery, conn, NULL};
     /* The status signal is configured in both runs: it changes nothing
      * without lastcall. */

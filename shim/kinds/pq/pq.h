@@ -11,6 +11,17 @@
 /* The kind's entry in the kind table (close.c). */
 extern const struct lc_kind lc_pq_kind;
 
+/* libpq 14's pipeline mode, declared for older headers (Debian 11's libpq 13,
+ * the glibc-floor build): looked up at run time like the rest, so a libpq
+ * without it reads as "not in a pipeline" and its hooks as failed calls. */
+#ifndef LIBPQ_HAS_PIPELINING
+typedef enum { PQ_PIPELINE_OFF, PQ_PIPELINE_ON, PQ_PIPELINE_ABORTED } PGpipelineStatus;
+PGpipelineStatus PQpipelineStatus(const PGconn *conn);
+int PQexitPipelineMode(PGconn *conn);
+int PQpipelineSync(PGconn *conn);
+int PQsendFlushRequest(PGconn *conn);
+#endif
+
 /* libpq 17's calls, declared for older headers: their hooks answer as a
  * failed call when the real library lacks them (only a program built against
  * a newer libpq calls them). */
