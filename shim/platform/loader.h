@@ -16,6 +16,7 @@
 #include <dlfcn.h>
 #include <stddef.h>
 
+#include "core/libc_compat.h"
 #include "platform/got.h"
 
 /* libc's functions, read from libc's own symbol table at the first call of
