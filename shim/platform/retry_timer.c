@@ -6,13 +6,15 @@
 #define _GNU_SOURCE
 #include "platform/safepoint.h"
 
-#if defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__)
-
 #include <signal.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "core/arch.h"
+
+#if defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__)
 
 static char retry_marker;
 static int retry_state;     /* 0: none, 1: being made, 2: made (for retry_pid) */
@@ -57,6 +59,17 @@ int safepoint_is_retry(const siginfo_t *info)
     return info && info->si_code == SI_TIMER && info->si_value.sival_ptr == &retry_marker;
 }
 
+#else /* not x86-64 Linux with glibc: no diversion, so nothing is retried */
+
+int safepoint_retry(int sig, long delay_us) { (void)sig; (void)delay_us; return -1; }
+int safepoint_is_retry(const siginfo_t *info) { (void)info; return 0; }
+
+#endif
+
+/* The park retry needs no diversion: every glibc architecture that knows the
+ * loader's locks has it (safepoint_generic.c measures them elsewhere). */
+#if (defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__)) || LC_ARCH_SAFEPOINT_GENERIC
+
 /* A timer of each thread's own: several threads may wait to be parked. */
 static char park_marker;
 static __thread int park_timer_plus1 __attribute__((tls_model("initial-exec")));
@@ -90,14 +103,9 @@ int safepoint_is_park_retry(const siginfo_t *info)
     return info && info->si_code == SI_TIMER && info->si_value.sival_ptr == &park_marker;
 }
 
-#else /* not x86-64 Linux with glibc: no diversion, so nothing is retried */
+#else
 
-int safepoint_retry(int sig, long delay_us) { (void)sig; (void)delay_us; return -1; }
-int safepoint_is_retry(const siginfo_t *info) { (void)info; return 0; }
-#include "core/arch.h"
-#if !LC_ARCH_SAFEPOINT_GENERIC /* else in safepoint_generic.c (glibc, no diversion) */
 int safepoint_park_retry(int sig, long delay_us) { (void)sig; (void)delay_us; return -1; }
 int safepoint_is_park_retry(const siginfo_t *info) { (void)info; return 0; }
-#endif
 
 #endif

@@ -7,12 +7,13 @@
  * dlopen'd object's constructor (ld.so's load lock held) or a dl_iterate_phdr
  * callback (its write lock), or inside fork(), is not parked there, or every
  * other thread's loader call would wait for good; it is tried again 50 us
- * later on a timer of its own (safepoint_park_retry) until it has left them.
+ * later on a timer of its own (safepoint_park_retry, retry_timer.c) until it
+ * has left them.
  * safepoint.c and retry_timer.c do the same on x86-64 beside the diversion;
  * this file is the part of them that needs no ucontext: which mutexes of
  * ld.so's _rtld_global are the load and write locks (measured, as their
  * offset changes with the glibc version), whether this thread holds one, and
- * the per-thread timer.
+ * (the per-thread timer is retry_timer.c's).
  * The mutexes are read through glibc's own pthread_mutex_t (its size differs
  * between architectures: 40 bytes on x86-64, 48 on aarch64). */
 #define _GNU_SOURCE
@@ -137,39 +138,6 @@ int safepoint_holds_loader_lock(void)
     int tid = (int)syscall(SYS_gettid);
     return (mutex_held(&l[0]) && l[0].__data.__owner == tid) ||
            (mutex_held(&l[1]) && l[1].__data.__owner == tid);
-}
-
-/* A timer of each thread's own: several threads may wait to be parked. */
-static char park_marker;
-static __thread int park_timer_plus1 __attribute__((tls_model("initial-exec")));
-static __thread pid_t park_timer_pid __attribute__((tls_model("initial-exec")));
-
-int safepoint_park_retry(int sig, long delay_us)
-{
-    pid_t self = getpid();
-    if (park_timer_plus1 == 0 || park_timer_pid != self) {
-        struct sigevent ev;
-        memset(&ev, 0, sizeof ev);
-        ev.sigev_notify = SIGEV_THREAD_ID;
-        ev.sigev_signo = sig;
-        ev.sigev_value.sival_ptr = &park_marker;
-        ev._sigev_un._tid = (pid_t)syscall(SYS_gettid);
-        int id;
-        if (syscall(SYS_timer_create, CLOCK_MONOTONIC, &ev, &id) != 0)
-            return -1;
-        park_timer_plus1 = id + 1;
-        park_timer_pid = self;
-    }
-    struct itimerspec when;
-    memset(&when, 0, sizeof when);
-    when.it_value.tv_sec = delay_us / 1000000;
-    when.it_value.tv_nsec = (delay_us % 1000000) * 1000;
-    return syscall(SYS_timer_settime, park_timer_plus1 - 1, 0, &when, NULL) == 0 ? 0 : -1;
-}
-
-int safepoint_is_park_retry(const siginfo_t *info)
-{
-    return info && info->si_code == SI_TIMER && info->si_value.sival_ptr == &park_marker;
 }
 
 #else
