@@ -146,7 +146,7 @@ Test(hangs, exit_from_a_handler_that_interrupted_malloc)
 {
     const char *env[] = {"LASTCALL_DEADLINE=1s", "LASTCALL_LEAK_AGE=3600s", NULL};
     const char *args[] = {CLIENT, "exit-in-malloc", NULL};
-    int worst = 0;
+    int worst = 0, crashed_without = 0;
     for (int i = 0; i < 25; i++) {
         for (int with = 0; with < 2; with++) {
             struct proc p;
@@ -154,7 +154,18 @@ Test(hangs, exit_from_a_handler_that_interrupted_malloc)
             int64_t t0 = now_us();
             int64_t ms;
             int status = end_of(&p, t0, &ms);
-            cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 3,
+            /* exit() from inside malloc is the program's undefined behaviour:
+             * glibc may find its heap half-changed and abort (seen once in
+             * 50 runs on glibc 2.31, without lastcall). That is the program's
+             * own end, with or without us; a hang or any other end is not. */
+            int aborted = status != -1 && WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT &&
+                          (strstr(p.err, "corrupted") || strstr(p.err, "malloc") ||
+                           strstr(p.err, "free()"));
+            if (!with && aborted) {
+                crashed_without++;
+                continue;
+            }
+            cr_assert((WIFEXITED(status) && WEXITSTATUS(status) == 3) || aborted,
                       "trial %d %s: status %d: %s", i, with ? "with" : "without", status, p.err);
             /* From "ready": the alarm comes within 21 ms of it. */
             cr_assert_leq(ms, 21 + DEADLINE_MS + 100 + slack_ms(), "trial %d: %lld ms", i,
@@ -163,7 +174,8 @@ Test(hangs, exit_from_a_handler_that_interrupted_malloc)
                 worst = (int)ms;
         }
     }
-    fprintf(stderr, "exit-in-malloc: 25 trials, slowest with lastcall %d ms\n", worst);
+    fprintf(stderr, "exit-in-malloc: 25 trials, slowest with lastcall %d ms; the program's own "
+                    "heap abort without lastcall: %d\n", worst, crashed_without);
 }
 
 /* Case 6: exit(4) from a handler that interrupted PQexec on the same thread:
