@@ -16,7 +16,6 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 
-#include "core/upcalls.h"
 
 #if defined(__has_include)
 #if __has_include(<sys/single_threaded.h>)
@@ -52,50 +51,6 @@ static inline int lc_pthread_attr_setsigmask_np(pthread_attr_t *attr, const sigs
     return pthread_attr_setsigmask_np(attr, mask);
 }
 
-/* Without it (glibc 2.31) a helper thread must inherit its blocked mask from
- * the creating thread, which blocking everything would make deaf to the
- * kernel's deadline timer while pthread_create is stuck (in the allocator: a
- * drain stuck for good then never ended). So the creating thread keeps the
- * deadline signal open, and the new thread blocks it as its first act. The
- * one gap left: a process-directed deadline signal that lands in the new
- * thread during those first instructions runs lastcall's handler there.
- * Returns pthread_create's result, or -1 when the hand-over cannot be
- * allocated (the caller then blocks everything, as before). */
-struct lc_masked_start {
-    void *(*fn)(void *);
-    void *arg;
-};
-
-static inline void *lc_masked_start(void *p)
-{
-    sigset_t all;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, NULL);
-    struct lc_masked_start s = *(struct lc_masked_start *)p;
-    free(p);
-    return s.fn(s.arg);
-}
-
-static inline int lc_pthread_create_deadline_open(pthread_t *tid, const pthread_attr_t *attr,
-                                                  void *(*fn)(void *), void *arg)
-{
-    struct lc_masked_start *s = malloc(sizeof *s);
-    if (s == NULL)
-        return -1;
-    s->fn = fn;
-    s->arg = arg;
-    sigset_t most, old;
-    sigfillset(&most);
-    int deadline_sig = lc_up.deadline_signal();
-    if (deadline_sig > 0)
-        sigdelset(&most, deadline_sig);
-    pthread_sigmask(SIG_BLOCK, &most, &old);
-    int r = pthread_create(tid, attr, lc_masked_start, s);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (r != 0)
-        free(s);
-    return r;
-}
 #endif
 
 #endif
