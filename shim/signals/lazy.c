@@ -95,7 +95,13 @@ void lazy_try(int sig, void *uctx, const siginfo_t *delivered)
         lazy_status_answer_short();
         return;
     }
-    if (safepoint_is_safe(uctx, delivered)) {
+    /* Inside fork() the thread holds our locks (runtime_lock: the landing's
+     * drain-thread start waits on it for good) and, multi-threaded, the
+     * allocator's. Its program counter cannot tell: since glibc 2.41 _Fork
+     * blocks every signal around clone and the signal arrives just after
+     * the unblocking rt_sigprocmask, a quick call that is safe anywhere
+     * else. lc_forking covers our prepare handler to our parent handler. */
+    if (!lc_forking && safepoint_is_safe(uctx, delivered)) {
         int inflight = signals_sink->inside_library_call();
         if (safepoint_divert(uctx, lazy_landing) == 0) {
             lazy_inflight = inflight;

@@ -14,6 +14,8 @@
  *       interrupts PQexec(pg_sleep) on the same thread
  *   hang_client frozen-tx                 one thread idle in a transaction
  *       holding a row lock, two threads' UPDATEs waiting for it: SIGTERM
+ *   hang_client fork-storm                a connection open, then fork() and
+ *       waitpid() of a child that _exits, over and over: SIGTERM then
  *   hang_client search SEED THREADS EXIT_MS PLUGIN   the hang search: THREADS
  *       extra threads and the main one each loop over a random mix (seeded)
  *       of queries raising NOTICEs whose processor allocates and calls dlsym,
@@ -155,6 +157,20 @@ static void abandon(void)
     PQclear(PQexec(c, "SELECT pg_sleep(30)"));
     fprintf(stderr, "hang_client: the query returned\n");
     exit(2);
+}
+
+static void fork_storm(void)
+{
+    PGconn *c = connect_or_die();
+    exec_or_die(c, "SELECT 1");
+    ready();
+    for (;;) {
+        pid_t pid = fork();
+        if (pid == 0)
+            _exit(0);
+        if (pid > 0)
+            waitpid(pid, NULL, 0);
+    }
 }
 
 static void *locker(void *arg)
@@ -327,9 +343,11 @@ int main(int argc, char **argv)
         abandon();
     else if (strcmp(mode, "frozen-tx") == 0)
         frozen_tx();
+    else if (strcmp(mode, "fork-storm") == 0)
+        fork_storm();
     else if (strcmp(mode, "search") == 0 && argc > 5)
         search((unsigned)strtoul(argv[2], NULL, 10), atoi(argv[3]), atol(argv[4]), argv[5]);
     fprintf(stderr, "usage: hang_client stall-signal|stall-exit|plugin-sleep PLUGIN|"
-                    "exit-in-malloc|abandon|frozen-tx\n");
+                    "exit-in-malloc|abandon|frozen-tx|fork-storm|search ...\n");
     return 2;
 }

@@ -8,9 +8,6 @@
  * LASTCALL_STRESS_TRIALS sets the trials per case (default 6). */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
-#ifdef __GLIBC__
-#include <gnu/libc-version.h>
-#endif
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -101,29 +98,7 @@ static void search(int threads, int by_exit)
             threads + 1, by_exit ? "exit() from a handler" : "SIGTERM", n, slowest, hung_without);
 }
 
-/* Known and open: on glibc 2.41 (Debian 13) about 1 SIGTERM in 10 at a random
- * moment ends the process by the signal with its drain only begun (single-
- * and multi-threaded alike; not seen on 2.31 or 2.36). Skipped there, with
- * this reason, until it is understood: the exit() cases still run. */
-static void skip_where_open(void)
-{
-#ifdef __GLIBC__
-    int major = 0, minor = 0;
-    if (sscanf(gnu_get_libc_version(), "%d.%d", &major, &minor) == 2 && major == 2 && minor > 36)
-        cr_skip_test("glibc %s: SIGTERM at random moments is an open issue there (see the "
-                     "comment above)", gnu_get_libc_version());
-#endif
-}
-
-Test(hang_search, single_threaded_sigterm)
-{
-    skip_where_open();
-    search(0, 0);
-}
+Test(hang_search, single_threaded_sigterm) { search(0, 0); }
 Test(hang_search, single_threaded_exit) { search(0, 1); }
-Test(hang_search, threaded_sigterm)
-{
-    skip_where_open();
-    search(2, 0);
-}
+Test(hang_search, threaded_sigterm) { search(2, 0); }
 Test(hang_search, threaded_exit) { search(2, 1); }
