@@ -26,7 +26,7 @@
 #endif
 
 /* safepoint.c diverts a signalled thread out of its handler on x86-64 only.
- * Elsewhere, with glibc, safepoint_generic.c still measures ld.so's load and
+ * Elsewhere, with glibc, loader_locks.c still measures ld.so's load and
  * write locks (is this thread running a constructor?) and gives each thread a
  * park-retry timer, so a signal never parks a thread inside a constructor or
  * fork() (DESIGN.md, "Signals"). */

@@ -20,7 +20,7 @@
 #define HAS_SHARED_RETRY 0
 #endif
 /* The park retry needs no diversion: every glibc architecture that knows the
- * loader's locks has it (safepoint_generic.c measures them elsewhere). */
+ * loader's locks has it (loader_locks.c measures them). */
 #define HAS_PARK_RETRY (HAS_SHARED_RETRY || LC_ARCH_SAFEPOINT_GENERIC)
 
 #if HAS_PARK_RETRY

@@ -2,6 +2,7 @@
 #include "platform/safepoint.h"
 
 #include "platform/got.h"
+#include "platform/loader_locks.h"
 
 #include <errno.h>
 #include <stddef.h>
@@ -95,34 +96,15 @@ static int classify(const struct dl_phdr_info *info)
     return NOT_UNSAFE;
 }
 
-struct loader_probe {
-    uintptr_t rtld_global, rtld_global_end; /* ld.so's _rtld_global, bounded by its segment */
-};
-
-static void find_rtld_global(const struct dl_phdr_info *info, struct loader_probe *probe)
-{
-    struct lc_dso d;
-    void *g = dso_parse(info, &d) == 0 ? dso_lookup(&d, "_rtld_global") : NULL;
-    for (int i = 0; g && i < info->dlpi_phnum; i++) {
-        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
-        uintptr_t lo = info->dlpi_addr + ph->p_vaddr;
-        if (ph->p_type == PT_LOAD && (uintptr_t)g >= lo && (uintptr_t)g < lo + ph->p_memsz) {
-            probe->rtld_global = (uintptr_t)g;
-            probe->rtld_global_end = lo + ph->p_memsz;
-        }
-    }
-}
-
 static int collect(struct dl_phdr_info *info, size_t size, void *data)
 {
     (void)size;
+    (void)data;
     if (info->dlpi_name && strstr(info->dlpi_name, "vgpreload_"))
         under_valgrind = 1;
     int kind = classify(info);
     if (kind == NOT_UNSAFE)
         return 0;
-    if (is_loader(info))
-        find_rtld_global(info, data);
     for (int i = 0; i < info->dlpi_phnum && n_ranges < MAX_RANGES; i++) {
         const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
         if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_X))
@@ -133,104 +115,17 @@ static int collect(struct dl_phdr_info *info, size_t size, void *data)
     return 0;
 }
 
-/* ---- the loader's locks ---- */
-
-/* A thread that runs a dlopen'd object's constructor (or a dl_iterate_phdr
- * callback) runs the program's code while ld.so holds its load lock (or its
- * write lock) for it: parked there, it would stop every loader call of the
- * drain for good. Both are recursive mutexes inside ld.so's private
- * _rtld_global, _dl_load_lock immediately followed by _dl_load_write_lock
- * (so since glibc 2.13), at an offset that changes with the version. So it
- * is measured: the write lock is the one recursive mutex of _rtld_global
- * held inside a dl_iterate_phdr callback and free outside it; the load lock
- * is the recursive mutex just before it. A held lock has a non-zero lock
- * word or recursion count (ld.so's stand-in before libc is up only counts). */
-struct rtld_mutex {
-    int lock;
-    unsigned int count;
-    int owner;
-    unsigned int nusers;
-    int kind;
-    short spins, elision;
-    void *prev, *next;
-};
-_Static_assert(sizeof(struct rtld_mutex) == sizeof(pthread_mutex_t), "glibc's x86-64 mutex");
-
-#define RTLD_SCAN 8192
-static const struct rtld_mutex *loader_locks; /* [0]: load lock, [1]: write lock */
-static uint32_t held_inside[RTLD_SCAN / 8 / 32];
-
-static int mutex_held(const volatile struct rtld_mutex *m)
-{
-    return m->lock != 0 || m->count != 0;
-}
-
-static int looks_recursive(const struct rtld_mutex *m)
-{
-    return m->kind == PTHREAD_MUTEX_RECURSIVE_NP;
-}
-
-#define FOR_EACH_SLOT(probe, a, k)                                                             \
-    for (uintptr_t a = (probe)->rtld_global, k = 0;                                           \
-         a + sizeof(struct rtld_mutex) <= (probe)->rtld_global_end &&                          \
-         a < (probe)->rtld_global + RTLD_SCAN;                                                 \
-         a += 8, k++)
-
-static int mark_held(struct dl_phdr_info *info, size_t size, void *data)
-{
-    (void)info;
-    (void)size;
-    const struct loader_probe *probe = data;
-    FOR_EACH_SLOT(probe, a, k) {
-        const struct rtld_mutex *m = (const void *)a;
-        if (looks_recursive(m) && mutex_held(m))
-            held_inside[k / 32] |= 1u << (k % 32);
-    }
-    return 1; /* one callback is enough */
-}
-
-static const struct rtld_mutex *find_loader_locks(struct loader_probe *probe)
-{
-    if (probe->rtld_global == 0)
-        return NULL;
-    memset(held_inside, 0, sizeof held_inside);
-    dl_iterate_phdr(mark_held, probe);
-    const struct rtld_mutex *write_lock = NULL;
-    FOR_EACH_SLOT(probe, a, k) {
-        const struct rtld_mutex *m = (const void *)a;
-        if (!(held_inside[k / 32] & (1u << (k % 32))) || mutex_held(m))
-            continue;
-        if (write_lock != NULL)
-            return NULL; /* two candidates: not a layout we know */
-        write_lock = m;
-    }
-    if (write_lock == NULL ||
-        (uintptr_t)write_lock < probe->rtld_global + sizeof(struct rtld_mutex))
-        return NULL;
-    const struct rtld_mutex *load_lock = write_lock - 1;
-    return looks_recursive(load_lock) ? load_lock : NULL;
-}
-
-/* Does the loader hold its load or write lock? In a single-threaded process
- * (the only kind that is diverted) the holder is the interrupted thread. */
-static int loader_busy(void)
-{
-    const volatile struct rtld_mutex *l = loader_locks;
-    return l == NULL || mutex_held(&l[0]) || mutex_held(&l[1]);
-}
-
 int safepoint_prepare(void)
 {
     int state = __atomic_load_n(&prepared, __ATOMIC_ACQUIRE);
     if (state)
         return state > 0;
-    struct loader_probe probe = {0, 0};
     n_ranges = 0;
-    dl_iterate_phdr(collect, &probe);
+    dl_iterate_phdr(collect, NULL);
     /* Without the loader's locks a constructor cannot be told from the
      * program's code: no diversion (the drain thread starts at the first
      * connect, as on other platforms). */
-    loader_locks = find_loader_locks(&probe);
+    int loader_known = loader_locks_measure();
     for (int sig = 1; sig < NSIG && glibc_restorer == 0; sig++) {
         struct sigaction k;
         if (__sigaction(sig, NULL, &k) == 0 && (k.sa_flags & 0x04000000 /* SA_RESTORER */))
@@ -248,7 +143,7 @@ int safepoint_prepare(void)
      * would not find the restore token the kernel checks: no diversion. */
     unsigned long shstk = 0;
     int shadow = syscall(SYS_arch_prctl, 0x5005 /* ARCH_SHSTK_STATUS */, &shstk) == 0 && (shstk & 1);
-    state = n_ranges > 0 && loader_locks != NULL && glibc_restorer != 0 && landing_stack != NULL && !shadow ? 1 : -1;
+    state = n_ranges > 0 && loader_known && glibc_restorer != 0 && landing_stack != NULL && !shadow ? 1 : -1;
     __atomic_store_n(&prepared, state, __ATOMIC_RELEASE);
     return state > 0;
 }
@@ -404,14 +299,7 @@ int safepoint_pc_is_safe(const void *uctx, const siginfo_t *info)
     return pc_is_safe(uctx, info);
 }
 
-int safepoint_holds_loader_lock(void)
-{
-    const volatile struct rtld_mutex *l = loader_locks;
-    if (l == NULL)
-        return 0;
-    int tid = (int)syscall(SYS_gettid);
-    return (mutex_held(&l[0]) && l[0].owner == tid) || (mutex_held(&l[1]) && l[1].owner == tid);
-}
+int safepoint_holds_loader_lock(void) { return loader_locks_held_by_self(); }
 
 /* ---- exit() called from a signal handler ---- */
 
@@ -510,7 +398,9 @@ int safepoint_is_safe(const void *uctx, const siginfo_t *info)
     if (__atomic_load_n(&prepared, __ATOMIC_ACQUIRE) <= 0 || uctx == NULL)
         return 0;
     const ucontext_t *uc = uctx;
-    return pc_is_safe(uc, info) && !loader_busy() && outer_frames_safe(uc);
+    /* In a single-threaded process (the only kind that is diverted) a held
+     * loader lock is the interrupted thread's. */
+    return pc_is_safe(uc, info) && !loader_locks_busy() && outer_frames_safe(uc);
 }
 
 int safepoint_exit_is_safe(void)
@@ -531,19 +421,19 @@ int safepoint_exit_is_safe(void)
     return 1;
 }
 
-#else /* not x86-64 Linux with glibc */
+#else /* not x86-64 Linux with glibc: no diversion (the drain thread starts at
+       * the first connect), but a signal still never parks a thread that runs
+       * a constructor, where the loader's locks are known (glibc) */
 
-#include "core/arch.h"
-
-#if !LC_ARCH_SAFEPOINT_GENERIC /* else in safepoint_generic.c */
-int safepoint_prepare(void) { return 0; }
-#endif
+int safepoint_prepare(void)
+{
+    loader_locks_measure();
+    return 0;
+}
 int safepoint_is_safe(const void *uctx, const siginfo_t *info) { (void)uctx; (void)info; return 0; }
 int safepoint_divert(void *uctx, void (*fn)(void)) { (void)uctx; (void)fn; return -1; }
 int safepoint_exit_is_safe(void) { return 1; }
-#if !LC_ARCH_SAFEPOINT_GENERIC /* else in safepoint_generic.c */
-int safepoint_holds_loader_lock(void) { return 0; }
-#endif
+int safepoint_holds_loader_lock(void) { return loader_locks_held_by_self(); }
 int safepoint_pc_is_safe(const void *uctx, const siginfo_t *info) { (void)uctx; (void)info; return 1; }
 
 #endif

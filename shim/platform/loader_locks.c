@@ -1,33 +1,24 @@
-/* Safe points where threads cannot be diverted (every glibc architecture but
- * x86-64: aarch64 first). See safepoint.h and core/arch.h.
- *
- * No diversion here: safepoint_prepare() says no, so the drain thread starts
- * at the first connect. But what the hangs work decided for parking holds on
- * every architecture: a thread that takes a managed signal while it runs a
- * dlopen'd object's constructor (ld.so's load lock held) or a dl_iterate_phdr
- * callback (its write lock), or inside fork(), is not parked there, or every
- * other thread's loader call would wait for good; it is tried again 50 us
- * later on a timer of its own (safepoint_park_retry, retry_timer.c) until it
- * has left them.
- * safepoint.c and retry_timer.c do the same on x86-64 beside the diversion;
- * this file is the part of them that needs no ucontext: which mutexes of
- * ld.so's _rtld_global are the load and write locks (measured, as their
- * offset changes with the glibc version), whether this thread holds one, and
- * (the per-thread timer is retry_timer.c's).
- * The mutexes are read through glibc's own pthread_mutex_t (its size differs
- * between architectures: 40 bytes on x86-64, 48 on aarch64). */
+/* See loader_locks.h. Both locks are recursive mutexes inside ld.so's private
+ * _rtld_global, _dl_load_lock immediately followed by _dl_load_write_lock
+ * (since glibc 2.13), at an offset that changes with the version and the
+ * architecture. So they are measured: the write lock is the one recursive
+ * mutex in the first 8 KiB of _rtld_global that is held inside a
+ * dl_iterate_phdr callback and free outside it; the load lock is the
+ * recursive mutex just before it. No unique candidate (another layout): not
+ * found. The mutexes are read through glibc's own pthread_mutex_t, whose
+ * size differs between architectures (40 bytes on x86-64, 48 on aarch64). */
 #define _GNU_SOURCE
-#include "core/arch.h"
-#include "platform/safepoint.h"
+#include "platform/loader_locks.h"
 
-#if LC_ARCH_SAFEPOINT_GENERIC
+#include <features.h> /* __GLIBC__ */
+
+#if defined(__linux__) && defined(__GLIBC__)
 
 #include <link.h>
 #include <pthread.h>
 #include <string.h>
 #include <sys/auxv.h>
 #include <sys/syscall.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "platform/got.h"
@@ -70,7 +61,7 @@ static int looks_recursive(const pthread_mutex_t *m)
 #define RTLD_SCAN 8192
 static const pthread_mutex_t *loader_locks; /* [0]: load lock, [1]: write lock */
 static uint32_t held_inside[RTLD_SCAN / 8 / 32];
-static int prepared;
+static int measured;
 
 #define FOR_EACH_SLOT(probe, a, k)                                                             \
     for (uintptr_t a = (probe)->rtld_global, k = 0;                                           \
@@ -91,10 +82,6 @@ static int mark_held(struct dl_phdr_info *info, size_t size, void *data)
     return 1; /* one callback is enough */
 }
 
-/* The write lock is the one recursive mutex of _rtld_global held inside a
- * dl_iterate_phdr callback and free outside it; the load lock is the
- * recursive mutex just before it (since glibc 2.13). No unique candidate:
- * NULL, and a constructor cannot be told (as before this file). */
 static const pthread_mutex_t *find_loader_locks(struct loader_probe *probe)
 {
     if (probe->rtld_global == 0)
@@ -117,20 +104,24 @@ static const pthread_mutex_t *find_loader_locks(struct loader_probe *probe)
     return looks_recursive(load_lock) ? load_lock : NULL;
 }
 
-/* Called at the first connect, outside every lock of ours (runtime.c).
- * Measures once; never allows a diversion. */
-int safepoint_prepare(void)
+int loader_locks_measure(void)
 {
-    if (__atomic_load_n(&prepared, __ATOMIC_ACQUIRE))
-        return 0;
-    struct loader_probe probe = {0, 0};
-    dl_iterate_phdr(find_rtld_global, &probe);
-    __atomic_store_n(&loader_locks, find_loader_locks(&probe), __ATOMIC_RELEASE);
-    __atomic_store_n(&prepared, 1, __ATOMIC_RELEASE);
-    return 0;
+    if (!__atomic_load_n(&measured, __ATOMIC_ACQUIRE)) {
+        struct loader_probe probe = {0, 0};
+        dl_iterate_phdr(find_rtld_global, &probe);
+        __atomic_store_n(&loader_locks, find_loader_locks(&probe), __ATOMIC_RELEASE);
+        __atomic_store_n(&measured, 1, __ATOMIC_RELEASE);
+    }
+    return __atomic_load_n(&loader_locks, __ATOMIC_ACQUIRE) != NULL;
 }
 
-int safepoint_holds_loader_lock(void)
+int loader_locks_busy(void)
+{
+    const volatile pthread_mutex_t *l = __atomic_load_n(&loader_locks, __ATOMIC_ACQUIRE);
+    return l == NULL || mutex_held(&l[0]) || mutex_held(&l[1]);
+}
+
+int loader_locks_held_by_self(void)
 {
     const volatile pthread_mutex_t *l = __atomic_load_n(&loader_locks, __ATOMIC_ACQUIRE);
     if (l == NULL)
@@ -140,7 +131,10 @@ int safepoint_holds_loader_lock(void)
            (mutex_held(&l[1]) && l[1].__data.__owner == tid);
 }
 
-#else
-/* ISO C wants a translation unit to declare something. */
-typedef int lc_safepoint_generic_unused;
+#else /* another C library: its loader's locks are not known */
+
+int loader_locks_measure(void) { return 0; }
+int loader_locks_busy(void) { return 1; }
+int loader_locks_held_by_self(void) { return 0; }
+
 #endif
