@@ -436,6 +436,23 @@ int died_by(int status, int sig)
     return status != -1 && WIFSIGNALED(status) && WTERMSIG(status) == sig;
 }
 
+int proc_wait_sleeping(pid_t pid, int timeout_ms)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int64_t until = now_us() + (int64_t)timeout_ms * 1000;
+    while (now_us() < until) {
+        char *stat = slurp(path);
+        const char *paren = stat ? strrchr(stat, ')') : NULL;
+        int asleep = paren && paren[1] == ' ' && paren[2] == 'S';
+        free(stat);
+        if (asleep)
+            return 0;
+        sleep_ms(1);
+    }
+    return -1;
+}
+
 int wait_active_query(const char *app, int timeout_ms)
 {
     char sql[256];

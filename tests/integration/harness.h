@@ -93,6 +93,10 @@ int pgbouncer_log_bad(void);
 
 /* The wait status says the process died by SIG. */
 int died_by(int status, int sig);
+/* Waits until PID sleeps in a blocking call (state S in /proc/PID/stat): a
+ * program that printed "ready" before pause() may still be in libc's stdio,
+ * where a handler's exit() rightly skips the drain. 0, or -1 at TIMEOUT_MS. */
+int proc_wait_sleeping(pid_t pid, int timeout_ms);
 /* Waits until APP has a query running (state 'active'); 0, or -1 at timeout. */
 int wait_active_query(const char *app, int timeout_ms);
 /* LLEN of KEY over the test's unix socket, or -1. */

@@ -300,11 +300,18 @@ Test(signal_drain, exit_called_from_a_signal_handler_drains_on_the_drain_thread)
     struct run_opts o = {.preload = 1, .app = "exit_in_handler"};
     proc_start(&p, &o, argv);
     cr_assert_eq(proc_wait_for(&p, "ready", 10000), 0, "%s", p.err);
+    /* In pause(): interrupted inside stdio (just after "ready") the handler's
+     * exit() leaves the connections to the kernel by design (DESIGN.md);
+     * once seen under load on Debian 13. */
+    cr_assert_eq(proc_wait_sleeping(p.pid, 5000), 0);
     kill(p.pid, SIGTERM);
     int s = proc_wait(&p, 10000, NULL);
     cr_assert(WIFEXITED(s) && WEXITSTATUS(s) == 0, "status %d: %s", s, p.err);
     cr_assert_eq(pg_wait_backends_gone("exit_in_handler", 10000), 0);
-    cr_assert_eq(pg_log_abrupt("exit_in_handler"), 0);
+    int abrupt = pg_log_abrupt("exit_in_handler");
+    if (abrupt)
+        pg_log_dump_app("exit_in_handler");
+    cr_assert_eq(abrupt, 0, "%s", p.err);
     char *v = redis_get("handler_exit_key");
     cr_assert(v && strcmp(v, "exit-in-handler") == 0);
 }
