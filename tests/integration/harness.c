@@ -436,17 +436,28 @@ int died_by(int status, int sig)
     return status != -1 && WIFSIGNALED(status) && WTERMSIG(status) == sig;
 }
 
-int proc_wait_sleeping(pid_t pid, int timeout_ms)
+char proc_state(pid_t pid)
 {
     char path[64];
     snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    char *stat = slurp(path);
+    const char *paren = stat ? strrchr(stat, ')') : NULL;
+    char state = paren && paren[1] == ' ' ? paren[2] : 0;
+    free(stat);
+    return state;
+}
+
+int proc_exited(pid_t pid)
+{
+    char state = proc_state(pid);
+    return state == 0 || state == 'Z';
+}
+
+int proc_wait_sleeping(pid_t pid, int timeout_ms)
+{
     int64_t until = now_us() + (int64_t)timeout_ms * 1000;
     while (now_us() < until) {
-        char *stat = slurp(path);
-        const char *paren = stat ? strrchr(stat, ')') : NULL;
-        int asleep = paren && paren[1] == ' ' && paren[2] == 'S';
-        free(stat);
-        if (asleep)
+        if (proc_state(pid) == 'S')
             return 0;
         sleep_ms(1);
     }

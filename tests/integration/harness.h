@@ -93,6 +93,10 @@ int pgbouncer_log_bad(void);
 
 /* The wait status says the process died by SIG. */
 int died_by(int status, int sig);
+/* PID's state letter in /proc/PID/stat (R, S, D, T, Z...), 0 when it is gone. */
+char proc_state(pid_t pid);
+/* Dead: a zombie not yet reaped, or gone. Does not reap it. */
+int proc_exited(pid_t pid);
 /* Waits until PID sleeps in a blocking call (state S in /proc/PID/stat): a
  * program that printed "ready" before pause() may still be in libc's stdio,
  * where a handler's exit() rightly skips the drain. 0, or -1 at TIMEOUT_MS. */

@@ -35,21 +35,6 @@ static int start(struct proc *p, int preload, const char *mode, const char *npg,
     return tasks_of(p);
 }
 
-/* Dead and not yet reaped (a zombie), without reaping it. */
-static int exited(pid_t pid)
-{
-    char path[64], buf[256];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return 1;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    const char *paren = strrchr(buf, ')');
-    return paren == NULL || paren[1] == '\0' || paren[2] == 'Z';
-}
-
 static int is_tsan(void)
 {
     return getenv("LASTCALL_TEST_TSAN") != NULL;
@@ -155,7 +140,7 @@ Test(lazy_thread, a_signal_that_found_sig_dfl_is_drained_whatever_comes_next)
         struct proc p;
         start(&p, 1, "flip", "2", "lazy_flip", env);
         /* A SIGTERM that finds SIG_IGN is dropped: send until one finds SIG_DFL. */
-        for (int tries = 0; tries < 500 && !exited(p.pid); tries++) {
+        for (int tries = 0; tries < 500 && !proc_exited(p.pid); tries++) {
             kill(p.pid, SIGTERM);
             sleep_ms(20);
         }

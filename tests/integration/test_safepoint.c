@@ -100,21 +100,6 @@ Test(safepoint, a_constructor_under_the_loader_lock_is_not_a_safe_point)
     cr_assert_eq(pg_log_abrupt("ctor_with"), 0);
 }
 
-/* Dead and not yet reaped (a zombie), without reaping it. */
-static int exited(pid_t pid)
-{
-    char path[64], buf[256];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return 1;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    const char *paren = strrchr(buf, ')');
-    return paren == NULL || paren[1] == '\0' || paren[2] == 'Z';
-}
-
 /* SIGTERMs at random moments to a program that switches SIGTERM between
  * SIG_DFL and SIG_IGN every 20 us, until one kills; over TRIALS processes.
  * *SENT gets the number of signals sent. */
@@ -129,11 +114,11 @@ static int flip_kills(int preload, const char *app, int trials, int *sent)
         struct run_opts o = {.preload = preload, .app = app, .env = env};
         proc_start(&p, &o, argv);
         cr_assert_eq(proc_wait_for(&p, "ready", 30000), 0, "%s", p.err);
-        for (int tries = 0; tries < 200 && !exited(p.pid); tries++) {
+        for (int tries = 0; tries < 200 && !proc_exited(p.pid); tries++) {
             sleep_ms(1 + rand() % 5);
             kill(p.pid, SIGTERM);
             ++*sent;
-            for (int w = 0; w < 20 && !exited(p.pid); w++)
+            for (int w = 0; w < 20 && !proc_exited(p.pid); w++)
                 sleep_ms(1); /* a drain takes a few ms: no second signal meanwhile */
         }
         int status = proc_wait(&p, 10000, NULL);

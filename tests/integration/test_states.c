@@ -227,16 +227,9 @@ Test(states, sigterm_during_a_query_through_pgbouncer_cancel_completes)
 /* SIGSTOP takes effect when the process next runs: wait until it has. */
 static int wait_stopped(pid_t pid)
 {
-    char path[64], buf[512];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
     for (int i = 0; i < 500; i++) {
-        FILE *f = fopen(path, "r");
-        size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
-        if (f)
-            fclose(f);
-        buf[n] = '\0';
-        const char *close_paren = strrchr(buf, ')');
-        if (close_paren && (close_paren[2] == 'T' || close_paren[2] == 't'))
+        char state = proc_state(pid);
+        if (state == 'T' || state == 't')
             return 1;
         sleep_ms(1);
     }

@@ -48,13 +48,7 @@ static int fds_of(pid_t pid)
 
 static int alive(pid_t pid)
 {
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    char *stat = slurp(path);
-    char *paren = stat ? strrchr(stat, ')') : NULL;
-    int up = paren && paren[1] == ' ' && paren[2] != 'Z';
-    free(stat);
-    return up;
+    return !proc_exited(pid);
 }
 
 static pid_t start_app(struct proc *p, const char *mode, int preload, const char *const *env,
