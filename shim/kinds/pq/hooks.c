@@ -52,14 +52,25 @@ static PGcancel *pq_prepare_cancel(PGconn *conn)
     return PQ(PQgetCancel)(conn);
 }
 
+/* What a connect or a reset left: whether it failed, its socket. -1 when
+ * there is nothing to look at (no PGconn, or libpq's functions not found). */
+static int pq_outcome(PGconn *conn, int *failed, int *fd)
+{
+    if (conn == NULL)
+        return -1;
+    pq_resolve(conn);
+    if (PQ(PQstatus) == NULL)
+        return -1;
+    *failed = PQ(PQstatus)(conn) == CONNECTION_BAD;
+    *fd = PQ(PQsocket) ? PQ(PQsocket)(conn) : -1;
+    return 0;
+}
+
 static void pq_track(PGconn *conn)
 {
-    if (conn != NULL)
-        pq_resolve(conn);
-    if (conn == NULL || PQ(PQstatus) == NULL)
+    int failed, fd;
+    if (pq_outcome(conn, &failed, &fd) != 0)
         return;
-    int failed = PQ(PQstatus)(conn) == CONNECTION_BAD;
-    int fd = PQ(PQsocket) ? PQ(PQsocket)(conn) : -1;
     char target[LC_TARGET_MAX];
     pq_describe(conn, target, sizeof target);
     int ssl = PQ(PQsslInUse) ? PQ(PQsslInUse)(conn) : 0;
@@ -69,12 +80,9 @@ static void pq_track(PGconn *conn)
 /* PQreset and a finished PQconnectPoll: same PGconn, new backend, new key. */
 static void pq_refresh(PGconn *conn)
 {
-    if (conn != NULL)
-        pq_resolve(conn);
-    if (conn == NULL || PQ(PQstatus) == NULL)
+    int failed, fd;
+    if (pq_outcome(conn, &failed, &fd) != 0)
         return;
-    int failed = PQ(PQstatus)(conn) == CONNECTION_BAD;
-    int fd = PQ(PQsocket) ? PQ(PQsocket)(conn) : -1;
     void *old = NULL;
     registry_update(conn, failed, fd, pq_prepare_cancel(conn), &old);
     pq_free_cancel(old);
