@@ -3,6 +3,7 @@
 
 #include "platform/got.h"
 #include "platform/loader_locks.h"
+#include "platform/unsafe_code.h"
 
 #include <errno.h>
 #include <stddef.h>
@@ -35,15 +36,6 @@
 extern int __sigaction(int sig, const struct sigaction *act, struct sigaction *oldact);
 extern void *__libc_stack_end;
 
-/* Executable segments of the objects whose code may leave libc's, the
- * loader's or the allocator's state half-changed when interrupted. */
-#define MAX_RANGES 24
-struct code_range {
-    uintptr_t lo, hi;
-    int libc; /* libc's own: safe inside an interrupted blocking system call */
-};
-static struct code_range ranges[MAX_RANGES];
-static int n_ranges;
 static int prepared;       /* 1: diversion possible, -1: not here */
 static int under_valgrind; /* it would see the frame scan read undefined stack */
 static uintptr_t glibc_restorer; /* what glibc puts in every signal frame it arranges */
@@ -57,71 +49,12 @@ static uintptr_t glibc_restorer; /* what glibc puts in every signal frame it arr
 static char *landing_stack; /* its lowest page is a guard */
 
 
-static int object_holds(const struct dl_phdr_info *info, uintptr_t addr)
-{
-    for (int i = 0; i < info->dlpi_phnum; i++) {
-        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
-        uintptr_t lo = info->dlpi_addr + ph->p_vaddr;
-        if (ph->p_type == PT_LOAD && addr >= lo && addr < lo + ph->p_memsz)
-            return 1;
-    }
-    return 0;
-}
-
-/* Which objects' code is unsafe to leave, judged by what each defines in its
- * own dynamic symbol table, never by comparing addresses: a non-PIE
- * executable that takes malloc's address (Debian's python3.11) holds the
- * canonical PLT entry of malloc, so &malloc lies inside the executable, whose
- * own code is the program's (issue 19, case 5). An object that defines malloc
- * (libc, a preloaded jemalloc, a sanitizer runtime, an executable linked with
- * its own allocator) is unsafe; so are libc, the loader (AT_BASE) and lastcall. */
-enum { NOT_UNSAFE = -1, UNSAFE = 0, UNSAFE_LIBC = 1 };
-
-static int is_loader(const struct dl_phdr_info *info)
-{
-    return info->dlpi_addr != 0 && info->dlpi_addr == (ElfW(Addr))getauxval(AT_BASE);
-}
-
-static int classify(const struct dl_phdr_info *info)
-{
-    if (is_loader(info) || object_holds(info, (uintptr_t)&safepoint_prepare))
-        return UNSAFE;
-    struct lc_dso d;
-    if (dso_parse(info, &d) != 0)
-        return NOT_UNSAFE; /* no dynamic section: nothing of libc's or the allocator's */
-    if (dso_defines(&d, "gnu_get_libc_version"))
-        return UNSAFE_LIBC;
-    if (dso_defines(&d, "malloc") || dso_defines(&d, "__libc_malloc"))
-        return UNSAFE;
-    return NOT_UNSAFE;
-}
-
-static int collect(struct dl_phdr_info *info, size_t size, void *data)
-{
-    (void)size;
-    (void)data;
-    if (info->dlpi_name && strstr(info->dlpi_name, "vgpreload_"))
-        under_valgrind = 1;
-    int kind = classify(info);
-    if (kind == NOT_UNSAFE)
-        return 0;
-    for (int i = 0; i < info->dlpi_phnum && n_ranges < MAX_RANGES; i++) {
-        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
-        if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_X))
-            continue;
-        uintptr_t lo = info->dlpi_addr + ph->p_vaddr;
-        ranges[n_ranges++] = (struct code_range){lo, lo + ph->p_memsz, kind == UNSAFE_LIBC};
-    }
-    return 0;
-}
-
 int safepoint_prepare(void)
 {
     int state = __atomic_load_n(&prepared, __ATOMIC_ACQUIRE);
     if (state)
         return state > 0;
-    n_ranges = 0;
-    dl_iterate_phdr(collect, NULL);
+    int have_ranges = unsafe_code_collect(&under_valgrind);
     /* Without the loader's locks a constructor cannot be told from the
      * program's code: no diversion (the drain thread starts at the first
      * connect, as on other platforms). */
@@ -143,44 +76,9 @@ int safepoint_prepare(void)
      * would not find the restore token the kernel checks: no diversion. */
     unsigned long shstk = 0;
     int shadow = syscall(SYS_arch_prctl, 0x5005 /* ARCH_SHSTK_STATUS */, &shstk) == 0 && (shstk & 1);
-    state = n_ranges > 0 && loader_known && glibc_restorer != 0 && landing_stack != NULL && !shadow ? 1 : -1;
+    state = have_ranges && loader_known && glibc_restorer != 0 && landing_stack != NULL && !shadow ? 1 : -1;
     __atomic_store_n(&prepared, state, __ATOMIC_RELEASE);
     return state > 0;
-}
-
-/* The system calls a thread may sleep in while libc holds nothing that
- * pthread_create or malloc need: reads, writes and waits. Not clone/fork
- * (fork holds every malloc arena lock across it), not futex, not what malloc
- * calls (mmap, munmap, brk, mprotect, madvise). */
-static int blocking_call(long nr)
-{
-    switch (nr) {
-    case SYS_read: case SYS_write: case SYS_pread64: case SYS_pwrite64: case SYS_readv:
-    case SYS_writev: case SYS_poll: case SYS_select: case SYS_pause: case SYS_nanosleep:
-    case SYS_connect: case SYS_accept: case SYS_sendto: case SYS_recvfrom: case SYS_sendmsg:
-    case SYS_recvmsg: case SYS_wait4: case SYS_msgsnd: case SYS_msgrcv: case SYS_flock:
-    case SYS_rt_sigtimedwait: case SYS_rt_sigsuspend: case SYS_clock_nanosleep:
-    case SYS_epoll_wait: case SYS_waitid: case SYS_pselect6: case SYS_ppoll:
-    case SYS_epoll_pwait: case SYS_accept4: case SYS_recvmmsg: case SYS_sendmmsg:
-    case SYS_restart_syscall:
-        return 1;
-    default:
-        return 0;
-    }
-}
-
-/* Quick calls that leave libc holding nothing once they return. */
-static int quick_call(long nr)
-{
-    switch (nr) {
-    case SYS_kill: case SYS_tkill: case SYS_tgkill: case SYS_rt_sigprocmask:
-    case SYS_rt_sigqueueinfo: case SYS_rt_tgsigqueueinfo: case SYS_getpid: case SYS_gettid:
-    case SYS_close: case SYS_fcntl: case SYS_ioctl: case SYS_lseek: case SYS_fstat:
-    case SYS_newfstatat: case SYS_fsync: case SYS_fdatasync:
-        return 1;
-    default:
-        return blocking_call(nr);
-    }
 }
 
 /* In libc, a thread is at a safe point only at a system call: just after the
@@ -193,14 +91,14 @@ static int quick_call(long nr)
  * diverts only single-threaded processes. */
 static int at_call(const struct code_range *r, uintptr_t pc, long rax, const siginfo_t *info)
 {
-    if (pc + 2 <= r->hi && *(const uint16_t *)pc == 0x050f && blocking_call(rax))
+    if (pc + 2 <= r->hi && *(const uint16_t *)pc == 0x050f && syscall_is_blocking(rax))
         return 1;
     if (pc < r->lo + 2 || *(const uint16_t *)(pc - 2) != 0x050f)
         return 0;
     if (rax == -EINTR)
         return 1;
     if (pc >= r->lo + 7 && *(const uint8_t *)(pc - 7) == 0xb8 &&
-        quick_call((long)*(const int32_t *)(pc - 6)))
+        syscall_is_quick((long)*(const int32_t *)(pc - 6)))
         return 1;
     /* Self-sent: every call that sends or unblocks a signal returns 0. A
      * non-zero return (mmap's address, read's count) is the return of some
@@ -216,10 +114,8 @@ static int pc_is_safe(const ucontext_t *uc, const siginfo_t *info)
 {
     uintptr_t pc = (uintptr_t)uc->uc_mcontext.gregs[REG_RIP];
     long rax = (long)uc->uc_mcontext.gregs[REG_RAX];
-    for (int i = 0; i < n_ranges; i++)
-        if (pc >= ranges[i].lo && pc < ranges[i].hi)
-            return ranges[i].libc && at_call(&ranges[i], pc, rax, info);
-    return 1;
+    const struct code_range *r = unsafe_code_at(pc);
+    return r == NULL || (r->libc && at_call(r, pc, rax, info));
 }
 
 static int outer_frames_safe(const ucontext_t *uc);
@@ -423,17 +319,61 @@ int safepoint_exit_is_safe(void)
 
 #else /* not x86-64 Linux with glibc: no diversion (the drain thread starts at
        * the first connect), but a signal still never parks a thread that runs
-       * a constructor, where the loader's locks are known (glibc) */
+       * a constructor, where the loader's locks are known (glibc), nor, on
+       * aarch64, one inside libc, the loader, the allocator or lastcall (it
+       * may hold a lock the drain needs: an arena's, reach.c's, got.c's) but
+       * at a system call that holds nothing */
+
+#if defined(__aarch64__) && defined(__linux__) && defined(__GLIBC__)
+#define PC_CHECK 1
+static int pc_state; /* 0: not collected, 1: being collected, 2: ready */
+#else
+#define PC_CHECK 0
+#endif
 
 int safepoint_prepare(void)
 {
     loader_locks_measure();
+#if PC_CHECK
+    int none = 0, under_valgrind = 0;
+    if (__atomic_compare_exchange_n(&pc_state, &none, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        __atomic_store_n(&pc_state, unsafe_code_collect(&under_valgrind) ? 2 : 1,
+                         __ATOMIC_RELEASE);
+#endif
     return 0;
 }
 int safepoint_is_safe(const void *uctx, const siginfo_t *info) { (void)uctx; (void)info; return 0; }
 int safepoint_divert(void *uctx, void (*fn)(void)) { (void)uctx; (void)fn; return -1; }
 int safepoint_exit_is_safe(void) { return 1; }
 int safepoint_holds_loader_lock(void) { return loader_locks_held_by_self(); }
-int safepoint_pc_is_safe(const void *uctx, const siginfo_t *info) { (void)uctx; (void)info; return 1; }
+
+int safepoint_pc_is_safe(const void *uctx, const siginfo_t *info)
+{
+    (void)info;
+#if PC_CHECK
+    if (__atomic_load_n(&pc_state, __ATOMIC_ACQUIRE) != 2 || uctx == NULL)
+        return 1; /* cannot tell */
+    const ucontext_t *uc = uctx;
+    uintptr_t pc = (uintptr_t)uc->uc_mcontext.pc;
+    const struct code_range *r = unsafe_code_at(pc);
+    if (r == NULL)
+        return 1;
+    if (!r->libc)
+        return 0;
+    /* In libc only at `svc #0`: rewound to it for a restart, or just after it
+     * with -EINTR (interrupted while blocked) or after a quick call. The
+     * kernel leaves x8, the call's number, as the wrapper set it. */
+    const uint32_t svc = 0xd4000001;
+    long nr = (long)uc->uc_mcontext.regs[8];
+    if (pc + 4 <= r->hi && *(const uint32_t *)pc == svc && syscall_is_blocking(nr))
+        return 1;
+    if (pc < r->lo + 4 || *(const uint32_t *)(pc - 4) != svc)
+        return 0;
+    return (long)uc->uc_mcontext.regs[0] == -EINTR || syscall_is_quick(nr);
+#else
+    (void)uctx;
+    return 1;
+#endif
+}
 
 #endif

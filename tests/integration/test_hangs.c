@@ -254,6 +254,12 @@ Test(hangs, a_frozen_transaction_is_rolled_back_at_once)
  * the loader, and everything drains. */
 Test(hangs, sigterm_in_a_constructor_beside_a_thread_that_looks_symbols_up)
 {
+    /* Open under qemu-user (tests/platforms/arm64-suite sets this): about 1
+     * run in 5 the thread in the constructor is not woken by its SIGTERM and
+     * sleeps its 3 s there, and the other thread's connection is cut at the
+     * deadline; never seen on a real kernel's signal delivery (x86-64). */
+    if (getenv("LASTCALL_TEST_QEMU"))
+        cr_skip_test("under qemu-user: an open issue (tests/platforms/README.md)");
     if (getenv("LASTCALL_TEST_TSAN"))
         cr_skip_test("ThreadSanitizer cannot see ld.so's locks");
     const char *plugin = build_path("tests/clients/slow_ctor_plugin.so");
